@@ -1,0 +1,416 @@
+//! The Whisper network: audio encoder and text decoder, on candle.
+//!
+//! Mirrors openai/whisper `whisper/model.py` (AudioEncoder, TextDecoder, ResidualAttentionBlock)
+//! with the details that decide whether we produce the same tokens as the reference:
+//! exact (erf) GELU, pre-LayerNorm blocks with eps 1e-5, and queries and keys scaled by
+//! `head_dim^-1/4` each (applied here once to the scores as `1/sqrt(head_dim)`).
+//!
+//! Decoding is incremental: [`Decoder::forward`] takes only the new tokens and keeps each layer's
+//! self-attention keys/values in a cache, and cross-attention keys/values are computed once per
+//! audio window by [`Decoder::set_audio`]. Without that, every generated token would re-run the
+//! whole prefix and re-project the 1500 encoder frames in every layer.
+//!
+//! Every linear layer is a [`QMatMul`], so the same code runs float weights and GGUF-quantized
+//! ones; shapes are read from the weights ([`Dims::from_weights`]), never from a model name.
+
+use candle_core::quantized::QMatMul;
+use candle_core::{Device, Module, Result, Tensor};
+use candle_nn::kv_cache::KvCache;
+use candle_nn::{Conv1d, Conv1dConfig, LayerNorm};
+
+use crate::weights::Weights;
+
+/// Whisper's attention heads are always 64 wide (tiny 6×64 … large 20×64).
+const HEAD_DIM: usize = 64;
+/// LayerNorm epsilon used by every Whisper checkpoint.
+const LN_EPS: f64 = 1e-5;
+
+/// Network dimensions (openai `ModelDimensions`), inferred from weight shapes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct Dims {
+    /// `n_mels`: mel bins the encoder's first convolution expects (80, or 128 for large-v3).
+    pub n_mels: usize,
+    /// `n_audio_ctx`: encoder positions (1500 = 30 s after the stride-2 convolution).
+    pub n_audio_ctx: usize,
+    /// `n_audio_state`: encoder width.
+    pub n_audio_state: usize,
+    /// `n_audio_layer`.
+    pub n_audio_layer: usize,
+    /// `n_vocab`: rows of the token embedding.
+    pub n_vocab: usize,
+    /// `n_text_ctx`: decoder positions (448).
+    pub n_text_ctx: usize,
+    /// `n_text_state`: decoder width.
+    pub n_text_state: usize,
+    /// `n_text_layer`.
+    pub n_text_layer: usize,
+}
+
+impl Dims {
+    /// Reads the dimensions off the tensors themselves.
+    pub fn from_weights(w: &Weights) -> Result<Self> {
+        let conv1 = w.shape("model.encoder.conv1.weight")?;
+        let enc_pos = w.shape("model.encoder.embed_positions.weight")?;
+        let emb = w.shape("model.decoder.embed_tokens.weight")?;
+        let dec_pos = w.shape("model.decoder.embed_positions.weight")?;
+        let count = |prefix: &str| {
+            (0..)
+                .take_while(|i| w.contains(&format!("{prefix}.layers.{i}.fc1.weight")))
+                .count()
+        };
+        Ok(Self {
+            n_mels: conv1[1],
+            n_audio_ctx: enc_pos[0],
+            n_audio_state: enc_pos[1],
+            n_audio_layer: count("model.encoder"),
+            n_vocab: emb[0],
+            n_text_ctx: dec_pos[0],
+            n_text_state: emb[1],
+            n_text_layer: count("model.decoder"),
+        })
+    }
+}
+
+/// Model-side views of [`Weights`]: how each layer type is assembled from named tensors.
+impl Weights {
+    fn matmul(&self, name: &str) -> Result<QMatMul> {
+        if let Some(q) = self.qtensors.get(name) {
+            return Ok(QMatMul::QTensor(q.clone()));
+        }
+        Ok(QMatMul::Tensor(self.get(name)?))
+    }
+
+    fn linear(&self, prefix: &str) -> Result<Linear> {
+        let bias_name = format!("{prefix}.bias");
+        Ok(Linear {
+            weight: self.matmul(&format!("{prefix}.weight"))?,
+            bias: if self.contains(&bias_name) {
+                Some(self.get(&bias_name)?)
+            } else {
+                None
+            },
+        })
+    }
+
+    fn layer_norm(&self, prefix: &str) -> Result<LayerNorm> {
+        Ok(LayerNorm::new(
+            self.get(&format!("{prefix}.weight"))?,
+            self.get(&format!("{prefix}.bias"))?,
+            LN_EPS,
+        ))
+    }
+
+    fn conv1d(&self, prefix: &str, stride: usize) -> Result<Conv1d> {
+        let cfg = Conv1dConfig {
+            padding: 1,
+            stride,
+            ..Default::default()
+        };
+        Ok(Conv1d::new(
+            self.get(&format!("{prefix}.weight"))?,
+            Some(self.get(&format!("{prefix}.bias"))?),
+            cfg,
+        ))
+    }
+}
+
+/// `y = x Wᵀ + b` over float or quantized weights.
+#[derive(Debug, Clone)]
+struct Linear {
+    weight: QMatMul,
+    bias: Option<Tensor>,
+}
+
+impl Module for Linear {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let y = self.weight.forward(x)?;
+        match &self.bias {
+            Some(b) => y.broadcast_add(b),
+            None => Ok(y),
+        }
+    }
+}
+
+/// Multi-head attention (openai `MultiHeadAttention`).
+struct Attention {
+    query: Linear,
+    key: Linear,
+    value: Linear,
+    out: Linear,
+    n_head: usize,
+}
+
+impl Attention {
+    fn load(w: &Weights, prefix: &str, n_state: usize) -> Result<Self> {
+        Ok(Self {
+            query: w.linear(&format!("{prefix}.q_proj"))?,
+            key: w.linear(&format!("{prefix}.k_proj"))?,
+            value: w.linear(&format!("{prefix}.v_proj"))?,
+            out: w.linear(&format!("{prefix}.out_proj"))?,
+            n_head: n_state / HEAD_DIM,
+        })
+    }
+
+    /// `(batch, len, state)` → `(batch, head, len, head_dim)`.
+    fn split_heads(&self, x: &Tensor) -> Result<Tensor> {
+        let (b, n, _) = x.dims3()?;
+        x.reshape((b, n, self.n_head, HEAD_DIM))?
+            .transpose(1, 2)?
+            .contiguous()
+    }
+
+    fn project_kv(&self, x: &Tensor) -> Result<(Tensor, Tensor)> {
+        Ok((
+            self.split_heads(&self.key.forward(x)?)?,
+            self.split_heads(&self.value.forward(x)?)?,
+        ))
+    }
+
+    /// Attends `x`'s queries over heads-split `k`, `v`; `mask` is added to the scores.
+    fn attend(&self, x: &Tensor, k: &Tensor, v: &Tensor, mask: Option<&Tensor>) -> Result<Tensor> {
+        let (b, n, state) = x.dims3()?;
+        let q = self.split_heads(&self.query.forward(x)?)?;
+        let scale = 1.0 / (HEAD_DIM as f64).sqrt();
+        let mut scores = (q.matmul(&k.t()?)? * scale)?;
+        if let Some(m) = mask {
+            scores = scores.broadcast_add(m)?;
+        }
+        let probs = candle_nn::ops::softmax_last_dim(&scores)?;
+        let y = probs
+            .matmul(v)?
+            .transpose(1, 2)?
+            .reshape((b, n, state))?;
+        self.out.forward(&y)
+    }
+}
+
+/// Two-layer MLP with exact GELU (openai uses `nn.GELU()`, i.e. erf).
+struct Mlp {
+    fc1: Linear,
+    fc2: Linear,
+}
+
+impl Mlp {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        self.fc2.forward(&self.fc1.forward(x)?.gelu_erf()?)
+    }
+}
+
+struct EncoderLayer {
+    attn_ln: LayerNorm,
+    attn: Attention,
+    mlp_ln: LayerNorm,
+    mlp: Mlp,
+}
+
+/// Audio encoder: two convolutions, sinusoidal positions, transformer blocks.
+pub struct Encoder {
+    conv1: Conv1d,
+    conv2: Conv1d,
+    positions: Tensor,
+    layers: Vec<EncoderLayer>,
+    ln_post: LayerNorm,
+}
+
+impl Encoder {
+    fn load(w: &Weights, d: &Dims) -> Result<Self> {
+        let layers = (0..d.n_audio_layer)
+            .map(|i| {
+                let p = format!("model.encoder.layers.{i}");
+                Ok(EncoderLayer {
+                    attn_ln: w.layer_norm(&format!("{p}.self_attn_layer_norm"))?,
+                    attn: Attention::load(w, &format!("{p}.self_attn"), d.n_audio_state)?,
+                    mlp_ln: w.layer_norm(&format!("{p}.final_layer_norm"))?,
+                    mlp: Mlp {
+                        fc1: w.linear(&format!("{p}.fc1"))?,
+                        fc2: w.linear(&format!("{p}.fc2"))?,
+                    },
+                })
+            })
+            .collect::<Result<_>>()?;
+        Ok(Self {
+            conv1: w.conv1d("model.encoder.conv1", 1)?,
+            conv2: w.conv1d("model.encoder.conv2", 2)?,
+            positions: w.get("model.encoder.embed_positions.weight")?,
+            layers,
+            ln_post: w.layer_norm("model.encoder.layer_norm")?,
+        })
+    }
+
+    /// `mel`: `(batch, n_mels, 3000)` → `(batch, 1500, n_audio_state)`.
+    pub fn forward(&self, mel: &Tensor) -> Result<Tensor> {
+        let x = self.conv1.forward(mel)?.gelu_erf()?;
+        let x = self.conv2.forward(&x)?.gelu_erf()?;
+        let x = x.transpose(1, 2)?;
+        let n = x.dim(1)?;
+        let mut x = x.broadcast_add(&self.positions.narrow(0, 0, n)?)?;
+        for l in &self.layers {
+            let h = l.attn_ln.forward(&x)?;
+            let (k, v) = l.attn.project_kv(&h)?;
+            x = (&x + l.attn.attend(&h, &k, &v, None)?)?;
+            x = (&x + l.mlp.forward(&l.mlp_ln.forward(&x)?)?)?;
+        }
+        self.ln_post.forward(&x)
+    }
+}
+
+struct DecoderLayer {
+    self_ln: LayerNorm,
+    self_attn: Attention,
+    cross_ln: LayerNorm,
+    cross_attn: Attention,
+    mlp_ln: LayerNorm,
+    mlp: Mlp,
+    /// Self-attention keys/values of the tokens decoded so far.
+    cache: KvCache,
+    /// Cross-attention keys/values of the current audio window.
+    audio_kv: Option<(Tensor, Tensor)>,
+}
+
+/// Text decoder with incremental state.
+pub struct Decoder {
+    embed: Tensor,
+    positions: Tensor,
+    layers: Vec<DecoderLayer>,
+    ln: LayerNorm,
+    /// Number of tokens already in the self-attention caches.
+    offset: usize,
+    n_text_ctx: usize,
+}
+
+impl Decoder {
+    fn load(w: &Weights, d: &Dims) -> Result<Self> {
+        let layers = (0..d.n_text_layer)
+            .map(|i| {
+                let p = format!("model.decoder.layers.{i}");
+                Ok(DecoderLayer {
+                    self_ln: w.layer_norm(&format!("{p}.self_attn_layer_norm"))?,
+                    self_attn: Attention::load(w, &format!("{p}.self_attn"), d.n_text_state)?,
+                    cross_ln: w.layer_norm(&format!("{p}.encoder_attn_layer_norm"))?,
+                    cross_attn: Attention::load(w, &format!("{p}.encoder_attn"), d.n_text_state)?,
+                    mlp_ln: w.layer_norm(&format!("{p}.final_layer_norm"))?,
+                    mlp: Mlp {
+                        fc1: w.linear(&format!("{p}.fc1"))?,
+                        fc2: w.linear(&format!("{p}.fc2"))?,
+                    },
+                    cache: KvCache::new(2, d.n_text_ctx),
+                    audio_kv: None,
+                })
+            })
+            .collect::<Result<_>>()?;
+        Ok(Self {
+            embed: w.get("model.decoder.embed_tokens.weight")?,
+            positions: w.get("model.decoder.embed_positions.weight")?,
+            layers,
+            ln: w.layer_norm("model.decoder.layer_norm")?,
+            offset: 0,
+            n_text_ctx: d.n_text_ctx,
+        })
+    }
+
+    /// Starts a new audio window: projects the encoder output once per layer and clears the
+    /// token caches.
+    pub fn set_audio(&mut self, audio: &Tensor) -> Result<()> {
+        for l in &mut self.layers {
+            l.audio_kv = Some(l.cross_attn.project_kv(audio)?);
+        }
+        self.reset();
+        Ok(())
+    }
+
+    /// Forgets decoded tokens (keeps the audio window).
+    pub fn reset(&mut self) {
+        for l in &mut self.layers {
+            l.cache.reset();
+        }
+        self.offset = 0;
+    }
+
+    /// Tokens in the caches so far.
+    pub fn len(&self) -> usize {
+        self.offset
+    }
+
+    /// True before the first token of a window.
+    pub fn is_empty(&self) -> bool {
+        self.offset == 0
+    }
+
+    /// Maximum tokens the decoder can hold.
+    pub fn capacity(&self) -> usize {
+        self.n_text_ctx
+    }
+
+    /// Feeds `tokens` (`(batch, n)`) after those already cached and returns the logits of every
+    /// new position, `(batch, n, n_vocab)`.
+    pub fn forward(&mut self, tokens: &Tensor) -> Result<Tensor> {
+        let (_, n) = tokens.dims2()?;
+        if self.offset + n > self.n_text_ctx {
+            candle_core::bail!(
+                "decoder context full: {} + {n} tokens > {}",
+                self.offset,
+                self.n_text_ctx
+            );
+        }
+        let pos = self.positions.narrow(0, self.offset, n)?;
+        let mut x = self.embed.embedding(&tokens.flatten_all()?)?;
+        x = x
+            .reshape((tokens.dim(0)?, n, ()))?
+            .broadcast_add(&pos)?;
+        let mask = if n > 1 {
+            Some(causal_mask(n, self.offset, x.device())?)
+        } else {
+            None
+        };
+        for l in &mut self.layers {
+            let h = l.self_ln.forward(&x)?;
+            let (k, v) = l.self_attn.project_kv(&h)?;
+            let (k, v) = l.cache.append(&k, &v)?;
+            x = (&x + l.self_attn.attend(&h, &k, &v, mask.as_ref())?)?;
+            let (ak, av) = l
+                .audio_kv
+                .as_ref()
+                .ok_or_else(|| candle_core::Error::Msg("decoder has no audio window".into()))?;
+            let h = l.cross_ln.forward(&x)?;
+            x = (&x + l.cross_attn.attend(&h, ak, av, None)?)?;
+            x = (&x + l.mlp.forward(&l.mlp_ln.forward(&x)?)?)?;
+        }
+        self.offset += n;
+        let x = self.ln.forward(&x)?;
+        x.broadcast_matmul(&self.embed.t()?)
+    }
+}
+
+/// Additive mask letting new position `i` see cached positions and new positions `≤ i`.
+fn causal_mask(n: usize, offset: usize, dev: &Device) -> Result<Tensor> {
+    let total = offset + n;
+    let data: Vec<f32> = (0..n)
+        .flat_map(|i| (0..total).map(move |j| if j > offset + i { f32::NEG_INFINITY } else { 0.0 }))
+        .collect();
+    Tensor::from_vec(data, (n, total), dev)
+}
+
+/// A loaded Whisper model.
+pub struct Whisper {
+    /// Network dimensions.
+    pub dims: Dims,
+    /// The audio encoder.
+    pub encoder: Encoder,
+    /// The text decoder with its caches.
+    pub decoder: Decoder,
+}
+
+impl Whisper {
+    /// Builds the network from named weights.
+    pub fn new(w: &Weights) -> Result<Self> {
+        let dims = Dims::from_weights(w)?;
+        if dims.n_audio_state % HEAD_DIM != 0 || dims.n_text_state % HEAD_DIM != 0 {
+            candle_core::bail!("model width is not a multiple of {HEAD_DIM}: {dims:?}");
+        }
+        Ok(Self {
+            encoder: Encoder::load(w, &dims)?,
+            decoder: Decoder::load(w, &dims)?,
+            dims,
+        })
+    }
+}

@@ -1,0 +1,313 @@
+//! Model directories: which of the three weight formats a directory holds, and loading it into
+//! one naming scheme.
+//!
+//! Users arrive with whatever they have: a faster-whisper (CTranslate2) download, a Hugging Face
+//! `openai/whisper-*` checkout, or a GGUF file we quantized. All three are read into [`Weights`]
+//! under Hugging Face's `WhisperForConditionalGeneration` names, so the network code
+//! ([`crate::model`]) has exactly one way to find a tensor. The format is detected from the files
+//! present, never from the directory's name.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use candle_core::quantized::{gguf_file, GgmlDType, QTensor};
+use candle_core::{DType, Device, Tensor};
+
+use crate::ct2::{Ct2Error, Ct2Model};
+
+/// Why a model directory could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum WeightsError {
+    #[error("{0}: no model found (expected model.bin, model.safetensors or model.gguf)")]
+    NoModel(PathBuf),
+    #[error("{0}: missing (every model directory needs a tokenizer.json)")]
+    NoTokenizer(PathBuf),
+    #[error(transparent)]
+    Ct2(#[from] Ct2Error),
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}: {reason}")]
+    Invalid { path: PathBuf, reason: String },
+}
+
+/// The on-disk layout of a model directory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Format {
+    /// faster-whisper / CTranslate2: `model.bin`, `config.json`, `tokenizer.json`.
+    Ct2,
+    /// Hugging Face: `model.safetensors`, `config.json`, `tokenizer.json`.
+    Safetensors,
+    /// Our quantized export: `model.gguf`, `config.json`, `tokenizer.json`.
+    Gguf,
+}
+
+impl Format {
+    /// File holding the weights for this format.
+    pub fn file_name(self) -> &'static str {
+        match self {
+            Format::Ct2 => "model.bin",
+            Format::Safetensors => "model.safetensors",
+            Format::Gguf => "model.gguf",
+        }
+    }
+
+    /// Detects the format of `dir` from the files present.
+    pub fn detect(dir: &Path) -> Result<Self, WeightsError> {
+        [Format::Gguf, Format::Safetensors, Format::Ct2]
+            .into_iter()
+            .find(|f| dir.join(f.file_name()).is_file())
+            .ok_or_else(|| WeightsError::NoModel(dir.to_path_buf()))
+    }
+}
+
+/// Named tensors in Hugging Face naming, whatever file they came from. A quantized model keeps
+/// its matrices in `qtensors` and its norms, biases, convolutions and embeddings in `tensors`.
+#[derive(Default)]
+pub struct Weights {
+    /// Float tensors (f32) by name.
+    pub tensors: HashMap<String, Tensor>,
+    /// Quantized matrices by name (GGUF models only).
+    pub qtensors: HashMap<String, Arc<QTensor>>,
+}
+
+impl Weights {
+    fn missing(name: &str) -> candle_core::Error {
+        candle_core::Error::Msg(format!("weight {name} is missing"))
+    }
+
+    /// True when `name` exists in either form.
+    pub fn contains(&self, name: &str) -> bool {
+        self.tensors.contains_key(name) || self.qtensors.contains_key(name)
+    }
+
+    /// Shape of `name`.
+    pub fn shape(&self, name: &str) -> candle_core::Result<Vec<usize>> {
+        if let Some(t) = self.tensors.get(name) {
+            return Ok(t.dims().to_vec());
+        }
+        if let Some(q) = self.qtensors.get(name) {
+            return Ok(q.shape().dims().to_vec());
+        }
+        Err(Self::missing(name))
+    }
+
+    /// `name` as a float tensor (dequantized when stored quantized).
+    pub fn get(&self, name: &str) -> candle_core::Result<Tensor> {
+        if let Some(t) = self.tensors.get(name) {
+            return Ok(t.clone());
+        }
+        if let Some(q) = self.qtensors.get(name) {
+            return q.dequantize(&Device::Cpu);
+        }
+        Err(Self::missing(name))
+    }
+
+    /// Reads the weights of `dir` in `format`.
+    pub fn load(dir: &Path, format: Format) -> Result<Self, WeightsError> {
+        let path = dir.join(format.file_name());
+        match format {
+            Format::Ct2 => Self::from_ct2(&Ct2Model::open(&path)?, &path),
+            Format::Safetensors => Self::from_safetensors(&path),
+            Format::Gguf => Self::from_gguf(&path),
+        }
+    }
+
+    fn from_safetensors(path: &Path) -> Result<Self, WeightsError> {
+        let invalid = |e: candle_core::Error| WeightsError::Invalid {
+            path: path.to_path_buf(),
+            reason: e.to_string(),
+        };
+        let raw = candle_core::safetensors::load(path, &Device::Cpu).map_err(invalid)?;
+        let mut tensors = HashMap::with_capacity(raw.len());
+        for (name, t) in raw {
+            // `WhisperModel` checkpoints omit the `model.` prefix of
+            // `WhisperForConditionalGeneration`; `proj_out` is tied to the token embedding.
+            let name = if name.starts_with("encoder.") || name.starts_with("decoder.") {
+                format!("model.{name}")
+            } else {
+                name
+            };
+            if name == "proj_out.weight" {
+                continue;
+            }
+            tensors.insert(name, t.to_dtype(DType::F32).map_err(invalid)?);
+        }
+        Ok(Self {
+            tensors,
+            qtensors: HashMap::new(),
+        })
+    }
+
+    fn from_gguf(path: &Path) -> Result<Self, WeightsError> {
+        let io = |source| WeightsError::Io {
+            path: path.to_path_buf(),
+            source,
+        };
+        let invalid = |e: candle_core::Error| WeightsError::Invalid {
+            path: path.to_path_buf(),
+            reason: e.to_string(),
+        };
+        let mut file = std::fs::File::open(path).map_err(io)?;
+        let content = gguf_file::Content::read(&mut file).map_err(invalid)?;
+        let mut w = Self::default();
+        for name in content.tensor_infos.keys() {
+            let q = content
+                .tensor(&mut file, name, &Device::Cpu)
+                .map_err(invalid)?;
+            match q.dtype() {
+                GgmlDType::F32 | GgmlDType::F16 | GgmlDType::BF16 => {
+                    let t = q.dequantize(&Device::Cpu).map_err(invalid)?;
+                    w.tensors.insert(name.clone(), t);
+                }
+                _ => {
+                    w.qtensors.insert(name.clone(), Arc::new(q));
+                }
+            }
+        }
+        Ok(w)
+    }
+
+    /// Maps CTranslate2's `WhisperSpec` variables onto Hugging Face names. CTranslate2 fuses
+    /// self-attention Q/K/V into one `linear_0` (the key's bias slot is zeros) and
+    /// cross-attention K/V into `linear_1`; they are split back here.
+    fn from_ct2(m: &Ct2Model, path: &Path) -> Result<Self, WeightsError> {
+        if m.spec != "WhisperSpec" {
+            return Err(WeightsError::Invalid {
+                path: path.to_path_buf(),
+                reason: format!("holds a {} model, not Whisper", m.spec),
+            });
+        }
+        let invalid = |e: candle_core::Error| WeightsError::Invalid {
+            path: path.to_path_buf(),
+            reason: e.to_string(),
+        };
+        let mut out: HashMap<String, Tensor> = HashMap::new();
+        let mut put = |name: String, t: Tensor| {
+            out.insert(name, t);
+        };
+        let copy = |put: &mut dyn FnMut(String, Tensor), from: &str, to: &str| -> Result<(), WeightsError> {
+            put(to.to_string(), m.tensor(from)?);
+            Ok(())
+        };
+        let ln = |put: &mut dyn FnMut(String, Tensor), from: &str, to: &str| -> Result<(), WeightsError> {
+            copy(put, &format!("{from}/gamma"), &format!("{to}.weight"))?;
+            copy(put, &format!("{from}/beta"), &format!("{to}.bias"))
+        };
+        let lin = |put: &mut dyn FnMut(String, Tensor), from: &str, to: &str| -> Result<(), WeightsError> {
+            copy(put, &format!("{from}/weight"), &format!("{to}.weight"))?;
+            copy(put, &format!("{from}/bias"), &format!("{to}.bias"))
+        };
+        // Splits a fused projection into `parts` equal row blocks named by `names`.
+        let split = |put: &mut dyn FnMut(String, Tensor),
+                     from: &str,
+                     to: &str,
+                     names: &[&str],
+                     biased: &[bool]|
+         -> Result<(), WeightsError> {
+            let w = m.tensor(&format!("{from}/weight"))?;
+            let b = m.tensor(&format!("{from}/bias"))?;
+            let rows = w.dim(0).map_err(invalid)? / names.len();
+            for (i, (n, has_bias)) in names.iter().zip(biased).enumerate() {
+                let wi = w.narrow(0, i * rows, rows).map_err(invalid)?;
+                put(format!("{to}.{n}.weight"), wi.contiguous().map_err(invalid)?);
+                if *has_bias {
+                    let bi = b.narrow(0, i * rows, rows).map_err(invalid)?;
+                    put(format!("{to}.{n}.bias"), bi.contiguous().map_err(invalid)?);
+                }
+            }
+            Ok(())
+        };
+        for side in ["encoder", "decoder"] {
+            let hf = format!("model.{side}");
+            copy(&mut put, &format!("{side}/position_encodings/encodings"), &format!("{hf}.embed_positions.weight"))?;
+            ln(&mut put, &format!("{side}/layer_norm"), &format!("{hf}.layer_norm"))?;
+            let n_layers = (0..)
+                .take_while(|i| m.contains(&format!("{side}/layer_{i}/ffn/linear_0/weight")))
+                .count();
+            for i in 0..n_layers {
+                let c = format!("{side}/layer_{i}");
+                let h = format!("{hf}.layers.{i}");
+                ln(&mut put, &format!("{c}/self_attention/layer_norm"), &format!("{h}.self_attn_layer_norm"))?;
+                split(&mut put, &format!("{c}/self_attention/linear_0"), &format!("{h}.self_attn"), &["q_proj", "k_proj", "v_proj"], &[true, false, true])?;
+                lin(&mut put, &format!("{c}/self_attention/linear_1"), &format!("{h}.self_attn.out_proj"))?;
+                ln(&mut put, &format!("{c}/ffn/layer_norm"), &format!("{h}.final_layer_norm"))?;
+                lin(&mut put, &format!("{c}/ffn/linear_0"), &format!("{h}.fc1"))?;
+                lin(&mut put, &format!("{c}/ffn/linear_1"), &format!("{h}.fc2"))?;
+                if side == "decoder" {
+                    ln(&mut put, &format!("{c}/attention/layer_norm"), &format!("{h}.encoder_attn_layer_norm"))?;
+                    lin(&mut put, &format!("{c}/attention/linear_0"), &format!("{h}.encoder_attn.q_proj"))?;
+                    split(&mut put, &format!("{c}/attention/linear_1"), &format!("{h}.encoder_attn"), &["k_proj", "v_proj"], &[false, true])?;
+                    lin(&mut put, &format!("{c}/attention/linear_2"), &format!("{h}.encoder_attn.out_proj"))?;
+                }
+            }
+        }
+        for conv in ["conv1", "conv2"] {
+            lin(&mut put, &format!("encoder/{conv}"), &format!("model.encoder.{conv}"))?;
+        }
+        copy(&mut put, "decoder/embeddings/weight", "model.decoder.embed_tokens.weight")?;
+        Ok(Self {
+            tensors: out,
+            qtensors: HashMap::new(),
+        })
+    }
+
+    /// Writes float weights as `model.safetensors` (Hugging Face layout).
+    pub fn save_safetensors(&self, path: &Path) -> Result<(), WeightsError> {
+        candle_core::safetensors::save(&self.tensors, path).map_err(|e| WeightsError::Invalid {
+            path: path.to_path_buf(),
+            reason: e.to_string(),
+        })
+    }
+}
+
+/// Decoding settings stored with the weights: which tokens a model must never emit.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ModelConfig {
+    /// Tokens suppressed at every step (`suppress_ids` in CTranslate2, `suppress_tokens` in HF).
+    pub suppress: Vec<u32>,
+    /// Tokens suppressed at the first sampled position (`suppress_ids_begin` /
+    /// `begin_suppress_tokens`): the blank and end-of-text.
+    pub suppress_begin: Vec<u32>,
+}
+
+impl ModelConfig {
+    /// Reads `config.json` (either flavour); a missing file or key gives empty lists.
+    pub fn load(dir: &Path) -> Result<Self, WeightsError> {
+        let path = dir.join("config.json");
+        let text = match std::fs::read_to_string(&path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Self::default()),
+            Err(source) => return Err(WeightsError::Io { path, source }),
+        };
+        let v: serde_json::Value =
+            serde_json::from_str(&text).map_err(|e| WeightsError::Invalid {
+                path: path.clone(),
+                reason: format!("not valid JSON: {e}"),
+            })?;
+        let ids = |keys: &[&str]| -> Vec<u32> {
+            keys.iter()
+                .find_map(|k| v.get(*k).and_then(|x| x.as_array()))
+                .map(|a| a.iter().filter_map(|x| x.as_u64()).map(|x| x as u32).collect())
+                .unwrap_or_default()
+        };
+        Ok(Self {
+            suppress: ids(&["suppress_ids", "suppress_tokens"]),
+            suppress_begin: ids(&["suppress_ids_begin", "begin_suppress_tokens"]),
+        })
+    }
+}
+
+/// Path of the tokenizer of a model directory, checked to exist.
+pub fn tokenizer_path(dir: &Path) -> Result<PathBuf, WeightsError> {
+    let p = dir.join("tokenizer.json");
+    if p.is_file() {
+        Ok(p)
+    } else {
+        Err(WeightsError::NoTokenizer(p))
+    }
+}

@@ -1,0 +1,60 @@
+//! Correctness oracle: with the same CTranslate2 weights, our greedy decoder must produce the
+//! same token ids as faster-whisper for the first window of every short clean clip. The ids
+//! were recorded by `tests/data/record_fw_tokens.py` (faster-whisper 1.2.1, float32, beam 1).
+
+mod common;
+
+use voice_transcriber::engine::{Engine, ThreadConfig};
+use voice_transcriber::mel::{LogMel, N_FRAMES};
+use voice_transcriber::audio;
+
+fn check_model(model: &str) {
+    let rows: Vec<_> = common::read_tsv(&common::root().join("tests/data/fw_tokens.tsv"))
+        .into_iter()
+        .filter(|r| r["model"] == model)
+        .collect();
+    assert!(rows.len() >= 10, "too few recorded clips for {model}");
+    let eval = common::eval_dir();
+    let mut engine = Engine::load(&common::model_dir(model), model, ThreadConfig::all_cores()).unwrap();
+    let mut mismatches = Vec::new();
+    for r in &rows {
+        let samples = audio::decode_file(&eval.join("wav").join(format!("{}.wav", r["id"]))).unwrap();
+        let parse = |s: &str| -> Vec<u32> { s.split_whitespace().map(|t| t.parse().unwrap()).collect() };
+        let prompt = parse(&r["prompt"]);
+        let expected = parse(&r["tokens"]);
+        let got = engine.with_transcriber(|t| {
+            let mel = LogMel::new(&samples, t.model.dims.n_mels);
+            let audio = t.encode(mel.window(0, N_FRAMES)).unwrap();
+            t.model.decoder.set_audio(&audio).unwrap();
+            let mut rng = rand::SeedableRng::seed_from_u64(0);
+            t.decode_window(&prompt, 0.0, &mut rng).unwrap().tokens
+        });
+        if got != expected {
+            let first = got.iter().zip(&expected).position(|(a, b)| a != b).unwrap_or(got.len().min(expected.len()));
+            mismatches.push(format!(
+                "{}: differs at token {first} of {} (ours {:?}, theirs {:?})",
+                r["id"],
+                expected.len(),
+                got.get(first),
+                expected.get(first)
+            ));
+        }
+    }
+    assert!(
+        mismatches.is_empty(),
+        "{model}: {} of {} clips differ from faster-whisper:\n{}",
+        mismatches.len(),
+        rows.len(),
+        mismatches.join("\n")
+    );
+}
+
+#[test]
+fn tiny_en_greedy_tokens_match_faster_whisper() {
+    check_model("tiny.en");
+}
+
+#[test]
+fn base_greedy_tokens_match_faster_whisper() {
+    check_model("base");
+}
