@@ -270,6 +270,9 @@ struct DecoderLayer {
 /// Text decoder with incremental state.
 pub struct Decoder {
     embed: Tensor,
+    /// Output projection onto the vocabulary: the token embedding itself (tied weights), as a
+    /// matmul so a transposed view is multiplied in place rather than copied every step.
+    proj: Linear,
     positions: Tensor,
     layers: Vec<DecoderLayer>,
     ln: LayerNorm,
@@ -300,6 +303,10 @@ impl Decoder {
             .collect::<Result<_>>()?;
         Ok(Self {
             embed: w.get("model.decoder.embed_tokens.weight")?,
+            proj: Linear {
+                weight: w.matmul("model.decoder.embed_tokens.weight")?,
+                bias: None,
+            },
             positions: w.get("model.decoder.embed_positions.weight")?,
             layers,
             ln: w.layer_norm("model.decoder.layer_norm")?,
@@ -376,8 +383,7 @@ impl Decoder {
             x = (&x + l.mlp.forward(&l.mlp_ln.forward(&x)?)?)?;
         }
         self.offset += n;
-        let x = self.ln.forward(&x)?;
-        x.broadcast_matmul(&self.embed.t()?)
+        self.proj.forward(&self.ln.forward(&x)?)
     }
 }
 

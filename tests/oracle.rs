@@ -58,3 +58,30 @@ fn tiny_en_greedy_tokens_match_faster_whisper() {
 fn base_greedy_tokens_match_faster_whisper() {
     check_model("base");
 }
+
+/// Our log-mel front end against the features faster-whisper fed its encoder for the same clip
+/// (`tests/data/fw_mel_jfk.json`, recorded by `record_fw_tokens.py`).
+#[test]
+fn log_mel_matches_faster_whisper_features() {
+    let reference: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(common::root().join("tests/data/fw_mel_jfk.json")).unwrap(),
+    )
+    .unwrap();
+    let samples = audio::decode_file(&common::eval_dir().join("wav/en_jfk_ask_not.wav")).unwrap();
+    assert_eq!(samples.len() as u64, reference["samples"].as_u64().unwrap());
+    let mel = LogMel::new(&samples, 80);
+    assert_eq!(mel.n_frames(), 1100);
+    let w = mel.window(0, N_FRAMES);
+    let at = |m: usize, t: usize| w[m * N_FRAMES + t] as f64;
+    let close = |ours: f64, key: &str| {
+        let theirs = reference[key].as_f64().unwrap();
+        assert!((ours - theirs).abs() < 1e-4, "{key}: ours {ours}, faster-whisper {theirs}");
+    };
+    close(at(0, 0), "v[0,0]");
+    close(at(0, 1), "v[0,1]");
+    close(at(10, 100), "v[10,100]");
+    close(at(79, 2999), "v[79,2999]");
+    close(w.iter().map(|&v| v as f64).sum::<f64>() / w.len() as f64, "mean");
+    close(w.iter().copied().fold(f32::INFINITY, f32::min) as f64, "min");
+    close(w.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64, "max");
+}
