@@ -66,7 +66,11 @@ pub enum AudioError {
     UnsupportedCodec(String),
     /// The stream broke off or could not be decoded. `packet` counts the track's packets from 0.
     #[error("corrupt/truncated {codec} stream at packet {packet}: {reason}")]
-    Corrupt { codec: String, packet: u64, reason: String },
+    Corrupt {
+        codec: String,
+        packet: u64,
+        reason: String,
+    },
     #[error("sample rate changes mid-stream ({from} Hz -> {to} Hz)")]
     RateChange { from: u32, to: u32 },
     #[error("resampling {from} Hz -> {to} Hz failed: {reason}")]
@@ -100,7 +104,10 @@ pub fn decode_file_native(path: &Path) -> Result<(Vec<f32>, u32), AudioError> {
 }
 
 fn open_file(path: &Path) -> Result<File, AudioError> {
-    let io_err = |source| AudioError::Io { path: path.to_path_buf(), source };
+    let io_err = |source| AudioError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
     // Checked up front: on Linux opening a directory succeeds and only the read fails, with a
     // less obvious message.
     let meta = std::fs::metadata(path).map_err(io_err)?;
@@ -126,11 +133,19 @@ fn decode_source(
         probe_hint.with_extension(ext);
     }
     let mut format = symphonia::default::get_probe()
-        .probe(&probe_hint, mss, FormatOptions::default(), MetadataOptions::default())
+        .probe(
+            &probe_hint,
+            mss,
+            FormatOptions::default(),
+            MetadataOptions::default(),
+        )
         .map_err(probe_error)?;
 
     let mut track = TrackDecoder::open(format.as_ref())?;
     let mut out = MonoSink::new(target_rate);
+    if let Some((frames, rate)) = track.expected_len {
+        out.reserve_for(frames, rate);
+    }
     let mut stats = PacketStats::default();
 
     loop {
@@ -160,7 +175,10 @@ fn decode_source(
         match track.decode(&packet, &mut out) {
             Ok(()) => stats.ok += 1,
             Err(reason) => {
-                debug!("skipping undecodable {} packet {index}: {reason}", track.codec_name);
+                debug!(
+                    "skipping undecodable {} packet {index}: {reason}",
+                    track.codec_name
+                );
                 stats.failed += 1;
                 stats.first_failure.get_or_insert((index, reason));
             }
@@ -170,7 +188,11 @@ fn decode_source(
     if stats.failed > 0 {
         if stats.ok == 0 {
             let (packet, reason) = stats.first_failure.unwrap_or((0, String::new()));
-            return Err(AudioError::Corrupt { codec: track.codec_name, packet, reason });
+            return Err(AudioError::Corrupt {
+                codec: track.codec_name,
+                packet,
+                reason,
+            });
         }
         warn!(
             "skipped {} of {} {} packets that failed to decode",
@@ -200,7 +222,9 @@ fn probe_error(err: SymError) -> AudioError {
         SymError::Unsupported(what) if what.contains("probe") => {
             AudioError::NotAudio("unrecognised format".into())
         }
-        SymError::Unsupported(what) => AudioError::NotAudio(format!("unsupported container feature: {what}")),
+        SymError::Unsupported(what) => {
+            AudioError::NotAudio(format!("unsupported container feature: {what}"))
+        }
         SymError::IoError(e) if e.kind() == io::ErrorKind::UnexpectedEof => {
             AudioError::Malformed("it ends inside the container header".into())
         }
@@ -224,6 +248,8 @@ struct TrackDecoder {
     kind: DecoderKind,
     /// Reused interleaved copy of one decoded symphonia buffer.
     interleaved: Vec<f32>,
+    /// Length in frames and rate the container declares, if it does.
+    expected_len: Option<(u64, u32)>,
 }
 
 enum DecoderKind {
@@ -236,10 +262,13 @@ impl TrackDecoder {
     fn open(format: &dyn FormatReader) -> Result<Self, AudioError> {
         let codecs = symphonia::default::get_codecs();
         let audio_tracks = || {
-            format.tracks().iter().filter_map(|t| match &t.codec_params {
-                Some(CodecParameters::Audio(params)) => Some((t, params)),
-                _ => None,
-            })
+            format
+                .tracks()
+                .iter()
+                .filter_map(|t| match &t.codec_params {
+                    Some(CodecParameters::Audio(params)) => Some((t, params)),
+                    _ => None,
+                })
         };
         let chosen = audio_tracks()
             .find(|(_, p)| p.codec == CODEC_ID_OPUS || codecs.get_audio_decoder(p.codec).is_some());
@@ -250,6 +279,12 @@ impl TrackDecoder {
             });
         };
 
+        let expected_len = track.num_frames.zip(if params.codec == CODEC_ID_OPUS {
+            Some(opus::OPUS_RATE)
+        } else {
+            params.sample_rate
+        });
+
         if params.codec == CODEC_ID_OPUS {
             let dec = open_opus(format, track)?;
             return Ok(TrackDecoder {
@@ -257,12 +292,14 @@ impl TrackDecoder {
                 codec_name: "Opus".into(),
                 kind: DecoderKind::Opus(Box::new(dec)),
                 interleaved: Vec::new(),
+                expected_len,
             });
         }
 
-        let codec_name = codecs
-            .get_audio_decoder(params.codec)
-            .map_or_else(|| format!("codec {}", params.codec), |r| r.codec.info.short_name.to_string());
+        let codec_name = codecs.get_audio_decoder(params.codec).map_or_else(
+            || format!("codec {}", params.codec),
+            |r| r.codec.info.short_name.to_string(),
+        );
         // Gapless mode makes the decoders apply the demuxer's delay/padding trims (MP3 LAME tags).
         let dec = codecs
             .make_audio_decoder(params, &AudioDecoderOptions::default())
@@ -272,6 +309,7 @@ impl TrackDecoder {
             codec_name,
             kind: DecoderKind::Symphonia(dec),
             interleaved: Vec::new(),
+            expected_len,
         })
     }
 
@@ -287,13 +325,16 @@ impl TrackDecoder {
             DecoderKind::Opus(dec) => {
                 let channels = dec.channels();
                 match dec.decode(&packet.data, trim_start, trim_end) {
-                    Ok(samples) => out.push(samples, channels, opus::OPUS_RATE).map_err(|e| e.to_string()),
+                    Ok(samples) => out
+                        .push(samples, channels, opus::OPUS_RATE)
+                        .map_err(|e| e.to_string()),
                     Err(reason) => {
                         // Fill the packet's duration with concealment so the rest of the audio
                         // stays aligned; the packet still counts as failed.
                         let frames = usize::try_from(packet.block_dur().get()).unwrap_or(0);
                         if let Ok(samples) = dec.conceal(frames, trim_start, trim_end) {
-                            out.push(samples, channels, opus::OPUS_RATE).map_err(|e| e.to_string())?;
+                            out.push(samples, channels, opus::OPUS_RATE)
+                                .map_err(|e| e.to_string())?;
                         }
                         Err(reason)
                     }
@@ -307,7 +348,8 @@ impl TrackDecoder {
                     let channels = buf.spec().channels().count();
                     let rate = buf.spec().rate();
                     buf.copy_to_vec_interleaved(&mut self.interleaved);
-                    out.push(&self.interleaved, channels, rate).map_err(|e| e.to_string())
+                    out.push(&self.interleaved, channels, rate)
+                        .map_err(|e| e.to_string())
                 }
                 Err(err) => Err(err.to_string()),
             },
@@ -316,7 +358,11 @@ impl TrackDecoder {
 }
 
 fn open_opus(format: &dyn FormatReader, track: &Track) -> Result<OpusTrackDecoder, AudioError> {
-    let corrupt = |reason: String| AudioError::Corrupt { codec: "Opus".into(), packet: 0, reason };
+    let corrupt = |reason: String| AudioError::Corrupt {
+        codec: "Opus".into(),
+        packet: 0,
+        reason,
+    };
     let extra = track
         .codec_params
         .as_ref()
@@ -330,7 +376,8 @@ fn open_opus(format: &dyn FormatReader, track: &Track) -> Result<OpusTrackDecode
         // start; the few padding samples at the end stay.
         debug!("MP4 Opus track: pre-skip {} samples", head.pre_skip);
     }
-    OpusTrackDecoder::new(head).map_err(|reason| AudioError::UnsupportedCodec(format!("Opus: {reason}")))
+    OpusTrackDecoder::new(head)
+        .map_err(|reason| AudioError::UnsupportedCodec(format!("Opus: {reason}")))
 }
 
 /// Collects decoded audio as mono, resampling on the fly when a target rate is set.
@@ -347,7 +394,28 @@ struct MonoSink {
 
 impl MonoSink {
     fn new(target_rate: Option<u32>) -> Self {
-        MonoSink { target_rate, out: Vec::new(), rate: None, resampler: None, mono: Vec::new() }
+        MonoSink {
+            target_rate,
+            out: Vec::new(),
+            rate: None,
+            resampler: None,
+            mono: Vec::new(),
+        }
+    }
+
+    /// Reserves the output up front when the container states the length, so the buffer is
+    /// allocated once instead of doubling (which briefly holds up to twice the samples). Capped,
+    /// because the stated length comes from an untrusted header.
+    fn reserve_for(&mut self, frames: u64, rate: u32) {
+        const MAX_RESERVE: u64 = 30 * 60 * SAMPLE_RATE as u64;
+        if rate == 0 {
+            return;
+        }
+        let out_rate = u64::from(self.target_rate.unwrap_or(rate));
+        let wanted = frames.saturating_mul(out_rate) / u64::from(rate);
+        // A little slack for codecs whose container length excludes priming (AAC in MP4).
+        let wanted = wanted.saturating_add(out_rate / 10).min(MAX_RESERVE);
+        self.out.reserve_exact(usize::try_from(wanted).unwrap_or(0));
     }
 
     fn push(&mut self, interleaved: &[f32], channels: usize, rate: u32) -> Result<(), AudioError> {
@@ -371,7 +439,11 @@ impl MonoSink {
     /// the current resampler and starts another, so the output stays at one rate.
     fn switch_rate(&mut self, rate: u32) -> Result<(), AudioError> {
         if rate == 0 {
-            return Err(AudioError::Resample { from: 0, to: self.target_rate.unwrap_or(0), reason: "zero sample rate".into() });
+            return Err(AudioError::Resample {
+                from: 0,
+                to: self.target_rate.unwrap_or(0),
+                reason: "zero sample rate".into(),
+            });
         }
         if let Some(r) = self.resampler.take() {
             r.finish(&mut self.out)?;
@@ -405,7 +477,11 @@ fn downmix_into(interleaved: &[f32], channels: usize, mono: &mut Vec<f32>) {
         return;
     }
     let scale = 1.0 / channels as f32;
-    mono.extend(interleaved.chunks_exact(channels).map(|frame| frame.iter().sum::<f32>() * scale));
+    mono.extend(
+        interleaved
+            .chunks_exact(channels)
+            .map(|frame| frame.iter().sum::<f32>() * scale),
+    );
 }
 
 /// Averages interleaved channels to mono.
@@ -513,7 +589,11 @@ impl StreamResampler {
         Ok(())
     }
 
-    fn process(&mut self, partial_len: Option<usize>, out: &mut Vec<f32>) -> Result<(), AudioError> {
+    fn process(
+        &mut self,
+        partial_len: Option<usize>,
+        out: &mut Vec<f32>,
+    ) -> Result<(), AudioError> {
         let (from, to) = (self.from, self.to);
         let err = |reason: String| AudioError::Resample { from, to, reason };
         let input = InterleavedSlice::new(&self.pending[..], 1, self.pending.len())
@@ -521,7 +601,10 @@ impl StreamResampler {
         let out_len = self.scratch_out.len();
         let mut output = InterleavedSlice::new_mut(&mut self.scratch_out[..], 1, out_len)
             .map_err(|e| err(e.to_string()))?;
-        let indexing = Indexing { partial_len, ..Indexing::default() };
+        let indexing = Indexing {
+            partial_len,
+            ..Indexing::default()
+        };
         let (_, produced) = self
             .inner
             .process_into_buffer(&input, &mut output, Some(&indexing))
@@ -542,7 +625,9 @@ mod tests {
 
     fn sine(freq: f32, rate: u32, secs: f32, amp: f32) -> Vec<f32> {
         let n = (rate as f32 * secs) as usize;
-        (0..n).map(|i| amp * (2.0 * PI * freq * i as f32 / rate as f32).sin()).collect()
+        (0..n)
+            .map(|i| amp * (2.0 * PI * freq * i as f32 / rate as f32).sin())
+            .collect()
     }
 
     /// Magnitude of the DFT of `x` at `freq` (Goertzel-style single bin), normalised so a sine of
@@ -558,7 +643,9 @@ mod tests {
     }
 
     fn zero_crossings(x: &[f32]) -> usize {
-        x.windows(2).filter(|w| (w[0] < 0.0) != (w[1] < 0.0)).count()
+        x.windows(2)
+            .filter(|w| (w[0] < 0.0) != (w[1] < 0.0))
+            .count()
     }
 
     #[test]
@@ -576,20 +663,27 @@ mod tests {
         // Both channels carry the tone; the right one also has a 12 kHz tone (above the 8 kHz
         // output Nyquist) that survives the downmix at amplitude 0.2 and must be filtered out.
         let hiss = sine(12_000.0, 44_100, 1.0, 0.2);
-        let interleaved: Vec<f32> =
-            left.iter().zip(&hiss).flat_map(|(&l, &h)| [l, l + 2.0 * h]).collect();
+        let interleaved: Vec<f32> = left
+            .iter()
+            .zip(&hiss)
+            .flat_map(|(&l, &h)| [l, l + 2.0 * h])
+            .collect();
         let mono = downmix(&interleaved, 2);
         let out = resample(&mono, 44_100, SAMPLE_RATE).expect("resample");
 
         assert_eq!(out.len(), 16_000);
         // 1 kHz for 1 s: 2000 zero crossings (±2 for the ends).
-        let zc = zero_crossings(&out[100..out.len() - 100]) as f32 / ((out.len() - 200) as f32 / 16_000.0);
+        let zc = zero_crossings(&out[100..out.len() - 100]) as f32
+            / ((out.len() - 200) as f32 / 16_000.0);
         assert!((zc - 2000.0).abs() < 10.0, "zero crossing rate {zc}");
         let a1k = tone_amplitude(&out, 1000.0, SAMPLE_RATE);
         assert!((a1k - 0.5).abs() < 0.01, "1 kHz amplitude {a1k}");
         // 12 kHz is above the 8 kHz output Nyquist: it must be filtered, not aliased to 4 kHz.
         let alias = tone_amplitude(&out, 4000.0, SAMPLE_RATE);
-        assert!(alias < 0.002, "12 kHz aliased to 4 kHz with amplitude {alias}");
+        assert!(
+            alias < 0.002,
+            "12 kHz aliased to 4 kHz with amplitude {alias}"
+        );
     }
 
     #[test]
@@ -612,7 +706,9 @@ mod tests {
     #[test]
     fn streaming_matches_one_shot_resample() {
         // Pushing in odd-sized pieces must give the same result as one push.
-        let input: Vec<f32> = (0..50_000).map(|i| ((i * 7919) % 1000) as f32 / 1000.0 - 0.5).collect();
+        let input: Vec<f32> = (0..50_000)
+            .map(|i| ((i * 7919) % 1000) as f32 / 1000.0 - 0.5)
+            .collect();
         let whole = resample(&input, 22_050, SAMPLE_RATE).expect("resample");
         let mut pieces = Vec::new();
         let mut r = StreamResampler::new(22_050, SAMPLE_RATE).expect("resampler");
@@ -642,6 +738,9 @@ mod tests {
 
         let mut native = MonoSink::new(None);
         native.push(&data, 1, 48_000).expect("push");
-        assert!(matches!(native.push(&data, 1, 44_100), Err(AudioError::RateChange { .. })));
+        assert!(matches!(
+            native.push(&data, 1, 44_100),
+            Err(AudioError::RateChange { .. })
+        ));
     }
 }

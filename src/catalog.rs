@@ -57,17 +57,72 @@ pub struct Known {
 
 /// Every model name we know how to fetch.
 pub const KNOWN: &[Known] = &[
-    known("tiny", "Systran/faster-whisper-tiny", "openai/whisper-tiny", 75),
-    known("tiny.en", "Systran/faster-whisper-tiny.en", "openai/whisper-tiny.en", 75),
-    known("base", "Systran/faster-whisper-base", "openai/whisper-base", 145),
-    known("base.en", "Systran/faster-whisper-base.en", "openai/whisper-base.en", 145),
-    known("small", "Systran/faster-whisper-small", "openai/whisper-small", 484),
-    known("small.en", "Systran/faster-whisper-small.en", "openai/whisper-small.en", 484),
-    known("medium", "Systran/faster-whisper-medium", "openai/whisper-medium", 1530),
-    known("medium.en", "Systran/faster-whisper-medium.en", "openai/whisper-medium.en", 1530),
-    known("large-v1", "Systran/faster-whisper-large-v1", "openai/whisper-large", 3090),
-    known("large-v2", "Systran/faster-whisper-large-v2", "openai/whisper-large-v2", 3090),
-    known("large-v3", "Systran/faster-whisper-large-v3", "openai/whisper-large-v3", 3090),
+    known(
+        "tiny",
+        "Systran/faster-whisper-tiny",
+        "openai/whisper-tiny",
+        75,
+    ),
+    known(
+        "tiny.en",
+        "Systran/faster-whisper-tiny.en",
+        "openai/whisper-tiny.en",
+        75,
+    ),
+    known(
+        "base",
+        "Systran/faster-whisper-base",
+        "openai/whisper-base",
+        145,
+    ),
+    known(
+        "base.en",
+        "Systran/faster-whisper-base.en",
+        "openai/whisper-base.en",
+        145,
+    ),
+    known(
+        "small",
+        "Systran/faster-whisper-small",
+        "openai/whisper-small",
+        484,
+    ),
+    known(
+        "small.en",
+        "Systran/faster-whisper-small.en",
+        "openai/whisper-small.en",
+        484,
+    ),
+    known(
+        "medium",
+        "Systran/faster-whisper-medium",
+        "openai/whisper-medium",
+        1530,
+    ),
+    known(
+        "medium.en",
+        "Systran/faster-whisper-medium.en",
+        "openai/whisper-medium.en",
+        1530,
+    ),
+    known(
+        "large-v1",
+        "Systran/faster-whisper-large-v1",
+        "openai/whisper-large",
+        3090,
+    ),
+    known(
+        "large-v2",
+        "Systran/faster-whisper-large-v2",
+        "openai/whisper-large-v2",
+        3090,
+    ),
+    known(
+        "large-v3",
+        "Systran/faster-whisper-large-v3",
+        "openai/whisper-large-v3",
+        3090,
+    ),
     known(
         "large-v3-turbo",
         "mobiuslabsgmbh/faster-whisper-large-v3-turbo",
@@ -88,7 +143,12 @@ const fn known(name: &'static str, ct2: &'static str, hf: &'static str, mb: u32)
 /// Files that make up a model directory, by format; the first is the weights.
 fn files(format: Format) -> &'static [&'static str] {
     match format {
-        Format::Ct2 => &["model.bin", "config.json", "tokenizer.json", "vocabulary.txt"],
+        Format::Ct2 => &[
+            "model.bin",
+            "config.json",
+            "tokenizer.json",
+            "vocabulary.txt",
+        ],
         Format::Safetensors => &["model.safetensors", "config.json", "tokenizer.json"],
         Format::Gguf => &["model.gguf", "config.json", "tokenizer.json"],
     }
@@ -344,7 +404,10 @@ mod tests {
         let e = c.resolve("tiny.en").unwrap_err().to_string();
         assert!(e.contains("voice-transcriber models fetch tiny.en"), "{e}");
         let e = c.resolve("huge").unwrap_err().to_string();
-        assert!(e.contains("unknown model \"huge\"") && e.contains("base.en"), "{e}");
+        assert!(
+            e.contains("unknown model \"huge\"") && e.contains("base.en"),
+            "{e}"
+        );
     }
 
     #[test]
@@ -354,7 +417,10 @@ mod tests {
         let real = {
             let mut h = Sha256::new();
             h.update(data);
-            h.finalize().iter().map(|b| format!("{b:02x}")).collect::<String>()
+            h.finalize()
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect::<String>()
         };
         let blob = dir.path().join(&real);
         std::fs::write(&blob, data).unwrap();

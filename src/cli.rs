@@ -21,7 +21,10 @@ use voice_transcriber::{audio, mel};
 const DEFAULT_MODEL: &str = "tiny.en";
 
 #[derive(Parser, Debug)]
-#[command(version, about = "Transcribes Telegram voice messages locally with Whisper")]
+#[command(
+    version,
+    about = "Transcribes Telegram voice messages locally with Whisper"
+)]
 struct Cli {
     /// Directory holding installed models [default: <state dir>/models].
     #[arg(long, global = true, env = "VOICE_TRANSCRIBER_MODELS")]
@@ -122,13 +125,20 @@ fn parse_cores(s: &str) -> Result<Vec<usize>, String> {
 fn default_state_dir() -> PathBuf {
     if let Some(d) = std::env::var_os("STATE_DIRECTORY") {
         // systemd may pass several, colon-separated; the first is ours.
-        let first = d.to_string_lossy().split(':').next().unwrap_or("").to_string();
+        let first = d
+            .to_string_lossy()
+            .split(':')
+            .next()
+            .unwrap_or("")
+            .to_string();
         return PathBuf::from(first);
     }
     if nix::unistd::Uid::effective().is_root() {
         return PathBuf::from("/var/lib/voice-transcriber");
     }
-    let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_default();
+    let home = std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .unwrap_or_default();
     std::env::var_os("XDG_STATE_HOME")
         .map(PathBuf::from)
         .unwrap_or_else(|| home.join(".local/state"))
@@ -180,7 +190,10 @@ fn models(cli: &Cli, cmd: &ModelsCommand) -> Result<()> {
                 } else {
                     ""
                 };
-                println!("{:<16} {:>6} MB  {:<46} {mark}", k.name, k.size_mb, k.ct2_repo);
+                println!(
+                    "{:<16} {:>6} MB  {:<46} {mark}",
+                    k.name, k.size_mb, k.ct2_repo
+                );
             }
             for n in installed.iter().filter(|n| catalog::lookup(n).is_err()) {
                 println!("{n:<16} {:>6}     {:<46} installed", "", "(local)");
@@ -227,8 +240,8 @@ fn transcribe(cli: &Cli, args: &TranscribeArgs) -> Result<bool> {
     }
     limit_process_threads(threads.threads);
     let (dir, name) = cli.catalog().resolve(&args.model)?;
-    let mut engine = Engine::load(&dir, &name, threads)
-        .with_context(|| format!("cannot load model {name}"))?;
+    let mut engine =
+        Engine::load(&dir, &name, threads).with_context(|| format!("cannot load model {name}"))?;
     let opts = Options {
         language: match args.language.as_str() {
             "auto" | "" => None,

@@ -36,11 +36,11 @@ pub enum Ct2Error {
         name: String,
         reason: String,
     },
-    #[error("{path}: variable {name}: {source}")]
+    #[error("{path}: variable {name}: {reason}")]
     Tensor {
         path: PathBuf,
         name: String,
-        source: candle_core::Error,
+        reason: String,
     },
 }
 
@@ -223,10 +223,10 @@ impl Ct2Model {
             reason: "missing".into(),
         })?;
         let bytes = &self.map[e.start..e.end];
-        let wrap = |source| Ct2Error::Tensor {
+        let wrap = |e: candle_core::Error| Ct2Error::Tensor {
             path: self.path.clone(),
             name: name.to_string(),
-            source,
+            reason: e.to_string(),
         };
         let dev = Device::Cpu;
         let t = match e.dtype {
@@ -238,13 +238,12 @@ impl Ct2Model {
                 let scale = self.tensor(&scale_name)?;
                 let vals: Vec<f32> = bytes.iter().map(|&b| b as i8 as f32).collect();
                 let rows = e.shape.first().copied().unwrap_or(1);
-                Tensor::from_vec(vals, e.shape.as_slice(), &dev)
-                    .and_then(|w| {
-                        let s = scale.reshape((rows, 1))?;
-                        w.reshape((rows, ()))?
-                            .broadcast_div(&s)?
-                            .reshape(e.shape.as_slice())
-                    })
+                Tensor::from_vec(vals, e.shape.as_slice(), &dev).and_then(|w| {
+                    let s = scale.reshape((rows, 1))?;
+                    w.reshape((rows, ()))?
+                        .broadcast_div(&s)?
+                        .reshape(e.shape.as_slice())
+                })
             }
             3 => {
                 let vals: Vec<i64> = bytes
@@ -337,7 +336,10 @@ mod tests {
         );
         // int8 without its scale is a clear error, not a panic.
         let err = m.tensor("c/weight").unwrap_err().to_string();
-        assert!(err.contains("c/weight_scale") && err.contains("missing"), "{err}");
+        assert!(
+            err.contains("c/weight_scale") && err.contains("missing"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -345,7 +347,10 @@ mod tests {
         let full = sample();
         for cut in [0, 3, 10, 40, full.len() - 1] {
             let f = write(&full[..cut]);
-            let err = Ct2Model::open(f.path()).err().expect("must fail").to_string();
+            let err = Ct2Model::open(f.path())
+                .err()
+                .expect("must fail")
+                .to_string();
             assert!(err.contains("not a CTranslate2 model"), "cut {cut}: {err}");
         }
     }

@@ -41,6 +41,11 @@ pub const LOGPROB_THRESHOLD: f32 = -1.0;
 pub const NO_SPEECH_THRESHOLD: f32 = 0.6;
 /// Above this temperature, the window's text is not used as the next window's prompt.
 const PROMPT_RESET_TEMPERATURE: f32 = 0.5;
+/// A window whose loudest 25 ms stretch is quieter than this (dB full scale) holds no speech
+/// and is not decoded at all. Whisper's own no-speech test lets some silence through as
+/// confident "you" or "Thank you."; a level this low is below any microphone's noise floor
+/// of a real recording with speech in it.
+pub const SILENCE_DBFS: f32 = -60.0;
 /// The first timestamp may not be later than this (openai `max_initial_timestamp`).
 const MAX_INITIAL_TIMESTAMP: f64 = 1.0;
 
@@ -224,7 +229,12 @@ impl LogitFilter<'_> {
         let ts_logprob = if ts_max == f32::NEG_INFINITY {
             ts_max
         } else {
-            ts_max + lp[tb..].iter().map(|&v| (v - ts_max).exp()).sum::<f32>().ln()
+            ts_max
+                + lp[tb..]
+                    .iter()
+                    .map(|&v| (v - ts_max).exp())
+                    .sum::<f32>()
+                    .ln()
         };
         let text_max = lp[..tb].iter().copied().fold(f32::NEG_INFINITY, f32::max);
         if ts_logprob > text_max {
@@ -247,11 +257,23 @@ pub struct Transcriber {
 
 impl Transcriber {
     /// Wraps a loaded model. `config` supplies the model's suppressed tokens.
-    pub fn new(model: Whisper, tokenizer: WhisperTokenizer, config: &ModelConfig, name: &str) -> Self {
+    pub fn new(
+        model: Whisper,
+        tokenizer: WhisperTokenizer,
+        config: &ModelConfig,
+        name: &str,
+    ) -> Self {
         let s = &tokenizer.specials;
         // faster-whisper `get_suppressed_tokens`: the model's list plus the task tokens.
         let mut suppress = config.suppress.clone();
-        suppress.extend([s.transcribe, s.translate, s.sot, s.sot_prev, s.sot_lm, s.no_timestamps]);
+        suppress.extend([
+            s.transcribe,
+            s.translate,
+            s.sot,
+            s.sot_prev,
+            s.sot_lm,
+            s.no_timestamps,
+        ]);
         suppress.sort_unstable();
         suppress.dedup();
         let suppress_begin = if config.suppress_begin.is_empty() {
@@ -439,8 +461,12 @@ impl Transcriber {
         match language {
             Some(code) => {
                 let id = self.tokenizer.language_token(code).ok_or_else(|| {
-                    let known: Vec<&str> =
-                        self.tokenizer.languages.iter().map(|(c, _)| c.as_str()).collect();
+                    let known: Vec<&str> = self
+                        .tokenizer
+                        .languages
+                        .iter()
+                        .map(|(c, _)| c.as_str())
+                        .collect();
                     DecodeError::UnknownLanguage(code.into(), known.join(", "))
                 })?;
                 Ok((Some(id), code.into()))
@@ -477,6 +503,16 @@ impl Transcriber {
             let time_offset = (seek * HOP_LENGTH) as f64 / SAMPLE_RATE as f64;
             let segment_size = N_FRAMES.min(content_frames - seek);
             let segment_duration = (segment_size * HOP_LENGTH) as f64 / SAMPLE_RATE as f64;
+            let level = peak_level_dbfs(
+                samples,
+                seek * HOP_LENGTH,
+                (seek + segment_size) * HOP_LENGTH,
+            );
+            if level < SILENCE_DBFS {
+                log::debug!("skipping silent window at {time_offset:.2}s ({level:.0} dBFS)");
+                seek += segment_size;
+                continue;
+            }
             let audio = self.encode(mel.window(seek, segment_size))?;
             self.model.decoder.set_audio(&audio)?;
 
@@ -489,6 +525,13 @@ impl Transcriber {
             prompt.extend_from_slice(&sot_seq);
 
             let r = self.decode_with_fallback(&prompt, opts, &mut rng)?;
+            log::debug!(
+                "window at {time_offset:.2}s: temperature {}, avg logprob {:.3}, no-speech {:.3}, compression {:.2}",
+                r.temperature,
+                r.avg_logprob,
+                r.no_speech_prob,
+                r.compression_ratio
+            );
             let silent =
                 r.no_speech_prob > NO_SPEECH_THRESHOLD && r.avg_logprob <= LOGPROB_THRESHOLD;
             if silent {
@@ -503,7 +546,8 @@ impl Transcriber {
                 split_by_timestamps(&r.tokens, s.timestamp_begin, segment_size, segment_duration);
             for (start, end, tokens) in window_segments {
                 let text = self.tokenizer.decode(&tokens)?;
-                if start == end || text.trim().is_empty() {
+                // Text without a single letter or digit (". . .", "-") is not a transcript.
+                if start == end || !text.chars().any(char::is_alphanumeric) {
                     continue;
                 }
                 let seg = Segment {
@@ -526,6 +570,20 @@ impl Transcriber {
         }
         Ok(Transcript { language, segments })
     }
+}
+
+/// Loudest 25 ms (400-sample, hop 160) RMS level of `samples[from..to]`, in dB full scale.
+pub fn peak_level_dbfs(samples: &[f32], from: usize, to: usize) -> f32 {
+    let to = to.min(samples.len());
+    let mut peak = 0f32;
+    let mut start = from;
+    while start < to {
+        let frame = &samples[start..(start + 400).min(to)];
+        let ms = frame.iter().map(|x| x * x).sum::<f32>() / frame.len() as f32;
+        peak = peak.max(ms);
+        start += 160;
+    }
+    10.0 * peak.max(1e-20).log10()
 }
 
 fn argmax(v: &[f32]) -> u32 {
@@ -613,8 +671,12 @@ mod tests {
     #[test]
     fn timestamp_token_means_twenty_ms_steps_from_zero() {
         // <|0.00|> is timestamp_begin itself: no off-by-one 40 ms shift.
-        let (segs, advance) =
-            split_by_timestamps(&[TB, 100, 200, TB + 50, TB + 50, 300, TB + 125], TB, 3000, 30.0);
+        let (segs, advance) = split_by_timestamps(
+            &[TB, 100, 200, TB + 50, TB + 50, 300, TB + 125],
+            TB,
+            3000,
+            30.0,
+        );
         assert_eq!(segs.len(), 2);
         assert_eq!((segs[0].0, segs[0].1), (0.0, 1.0));
         assert_eq!((segs[1].0, segs[1].1), (1.0, 2.5));
@@ -659,14 +721,20 @@ mod tests {
         l[(TB + 10) as usize] = 5.0;
         filter().apply(&mut l, &[TB + 20, 42]);
         assert_eq!(l[(TB + 10) as usize], f32::NEG_INFINITY);
-        assert!(l[(TB + 20) as usize].is_finite(), "equal timestamps allowed, as CTranslate2");
+        assert!(
+            l[(TB + 20) as usize].is_finite(),
+            "equal timestamps allowed, as CTranslate2"
+        );
         // After text + closing timestamp (open pair): text is banned, EOT and later ts allowed.
         let mut l = flat();
         l[EOT as usize] = 10.0;
         filter().apply(&mut l, &[TB, 42, TB + 30]);
         assert_eq!(l[42], f32::NEG_INFINITY);
         assert!(l[EOT as usize].is_finite());
-        assert!(l[(TB + 30) as usize].is_finite(), "pair may close at the same time");
+        assert!(
+            l[(TB + 30) as usize].is_finite(),
+            "pair may close at the same time"
+        );
         // After a closed pair: another timestamp is banned.
         let mut l = flat();
         filter().apply(&mut l, &[TB, 42, TB + 30, TB + 30]);
@@ -683,6 +751,23 @@ mod tests {
         l[42] = 5.0;
         filter().apply(&mut l, &[TB, 42]);
         assert_eq!(l[42], f32::NEG_INFINITY);
+    }
+
+    #[test]
+    fn level_of_silence_tone_and_a_short_burst() {
+        let silence = vec![0f32; 16000];
+        assert!(peak_level_dbfs(&silence, 0, 16000) < -150.0);
+        let tone: Vec<f32> = (0..16000).map(|i| (i as f32 * 0.1).sin() * 0.5).collect();
+        // A 0.5-amplitude sine has RMS 0.354: −9 dBFS.
+        assert!((peak_level_dbfs(&tone, 0, 16000) + 9.03).abs() < 0.2);
+        // 50 ms of speech-level sound in ten seconds of silence still counts.
+        let mut burst = vec![0f32; 160_000];
+        burst[80_000..80_800]
+            .iter_mut()
+            .enumerate()
+            .for_each(|(i, x)| *x = (i as f32 * 0.3).sin() * 0.1);
+        assert!(peak_level_dbfs(&burst, 0, burst.len()) > SILENCE_DBFS);
+        assert!(peak_level_dbfs(&burst, 0, 70_000) < SILENCE_DBFS);
     }
 
     #[test]

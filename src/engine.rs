@@ -82,7 +82,10 @@ fn confine_current_thread(cores: &[usize], nice: i32) {
         // SAFETY: plain syscall wrapper with integer arguments.
         let rc = unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, nice) };
         if rc != 0 {
-            log::warn!("cannot lower inference thread priority: {}", std::io::Error::last_os_error());
+            log::warn!(
+                "cannot lower inference thread priority: {}",
+                std::io::Error::last_os_error()
+            );
         }
     }
 }

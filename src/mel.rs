@@ -292,7 +292,9 @@ mod tests {
     fn windows_tile_the_recording_consistently() {
         // A frame computed as part of the second window equals the same frame computed from a
         // window starting earlier: windows see one global normalisation.
-        let s: Vec<f32> = (0..16000u64 * 40).map(|i| ((i * 7919) % 1000) as f32 / 1000.0 - 0.5).collect();
+        let s: Vec<f32> = (0..16000u64 * 40)
+            .map(|i| ((i * 7919) % 1000) as f32 / 1000.0 - 0.5)
+            .collect();
         let mel = LogMel::new(&s, 80);
         let a = mel.window(2000, 3000);
         let b = mel.window(3000, 3000);

@@ -176,10 +176,7 @@ impl Attention {
             scores = scores.broadcast_add(m)?;
         }
         let probs = candle_nn::ops::softmax_last_dim(&scores)?;
-        let y = probs
-            .matmul(v)?
-            .transpose(1, 2)?
-            .reshape((b, n, state))?;
+        let y = probs.matmul(v)?.transpose(1, 2)?.reshape((b, n, state))?;
         self.out.forward(&y)
     }
 }
@@ -361,9 +358,7 @@ impl Decoder {
         }
         let pos = self.positions.narrow(0, self.offset, n)?;
         let mut x = self.embed.embedding(&tokens.flatten_all()?)?;
-        x = x
-            .reshape((tokens.dim(0)?, n, ()))?
-            .broadcast_add(&pos)?;
+        x = x.reshape((tokens.dim(0)?, n, ()))?.broadcast_add(&pos)?;
         let mask = if n > 1 {
             Some(causal_mask(n, self.offset, x.device())?)
         } else {
@@ -391,7 +386,15 @@ impl Decoder {
 fn causal_mask(n: usize, offset: usize, dev: &Device) -> Result<Tensor> {
     let total = offset + n;
     let data: Vec<f32> = (0..n)
-        .flat_map(|i| (0..total).map(move |j| if j > offset + i { f32::NEG_INFINITY } else { 0.0 }))
+        .flat_map(|i| {
+            (0..total).map(move |j| {
+                if j > offset + i {
+                    f32::NEG_INFINITY
+                } else {
+                    0.0
+                }
+            })
+        })
         .collect();
     Tensor::from_vec(data, (n, total), dev)
 }

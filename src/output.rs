@@ -164,7 +164,15 @@ mod tests {
         };
         let v = serde_json::to_value(JsonRecord::new("a.ogg", "base", &t, 2.0004, 0.5)).unwrap();
         let keys: Vec<&str> = v.as_object().unwrap().keys().map(|k| k.as_str()).collect();
-        for k in ["file", "model", "language", "duration_s", "elapsed_s", "text", "segments"] {
+        for k in [
+            "file",
+            "model",
+            "language",
+            "duration_s",
+            "elapsed_s",
+            "text",
+            "segments",
+        ] {
             assert!(keys.contains(&k), "{k} missing");
         }
         assert_eq!(v["text"], "Привет мир");

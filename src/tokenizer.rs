@@ -64,12 +64,10 @@ impl WhisperTokenizer {
             reason: e.to_string(),
         })?;
         let id = |name: &'static str| {
-            inner
-                .token_to_id(name)
-                .ok_or(TokenizerError::MissingToken {
-                    path: shown.clone(),
-                    token: name,
-                })
+            inner.token_to_id(name).ok_or(TokenizerError::MissingToken {
+                path: shown.clone(),
+                token: name,
+            })
         };
         let no_speech = id("<|nospeech|>").or_else(|_| id("<|nocaptions|>"))?;
         let no_timestamps = id("<|notimestamps|>")?;

@@ -190,15 +190,24 @@ impl Weights {
         let mut put = |name: String, t: Tensor| {
             out.insert(name, t);
         };
-        let copy = |put: &mut dyn FnMut(String, Tensor), from: &str, to: &str| -> Result<(), WeightsError> {
+        let copy = |put: &mut dyn FnMut(String, Tensor),
+                    from: &str,
+                    to: &str|
+         -> Result<(), WeightsError> {
             put(to.to_string(), m.tensor(from)?);
             Ok(())
         };
-        let ln = |put: &mut dyn FnMut(String, Tensor), from: &str, to: &str| -> Result<(), WeightsError> {
+        let ln = |put: &mut dyn FnMut(String, Tensor),
+                  from: &str,
+                  to: &str|
+         -> Result<(), WeightsError> {
             copy(put, &format!("{from}/gamma"), &format!("{to}.weight"))?;
             copy(put, &format!("{from}/beta"), &format!("{to}.bias"))
         };
-        let lin = |put: &mut dyn FnMut(String, Tensor), from: &str, to: &str| -> Result<(), WeightsError> {
+        let lin = |put: &mut dyn FnMut(String, Tensor),
+                   from: &str,
+                   to: &str|
+         -> Result<(), WeightsError> {
             copy(put, &format!("{from}/weight"), &format!("{to}.weight"))?;
             copy(put, &format!("{from}/bias"), &format!("{to}.bias"))
         };
@@ -214,7 +223,10 @@ impl Weights {
             let rows = w.dim(0).map_err(invalid)? / names.len();
             for (i, (n, has_bias)) in names.iter().zip(biased).enumerate() {
                 let wi = w.narrow(0, i * rows, rows).map_err(invalid)?;
-                put(format!("{to}.{n}.weight"), wi.contiguous().map_err(invalid)?);
+                put(
+                    format!("{to}.{n}.weight"),
+                    wi.contiguous().map_err(invalid)?,
+                );
                 if *has_bias {
                     let bi = b.narrow(0, i * rows, rows).map_err(invalid)?;
                     put(format!("{to}.{n}.bias"), bi.contiguous().map_err(invalid)?);
@@ -224,32 +236,84 @@ impl Weights {
         };
         for side in ["encoder", "decoder"] {
             let hf = format!("model.{side}");
-            copy(&mut put, &format!("{side}/position_encodings/encodings"), &format!("{hf}.embed_positions.weight"))?;
-            ln(&mut put, &format!("{side}/layer_norm"), &format!("{hf}.layer_norm"))?;
+            copy(
+                &mut put,
+                &format!("{side}/position_encodings/encodings"),
+                &format!("{hf}.embed_positions.weight"),
+            )?;
+            ln(
+                &mut put,
+                &format!("{side}/layer_norm"),
+                &format!("{hf}.layer_norm"),
+            )?;
             let n_layers = (0..)
                 .take_while(|i| m.contains(&format!("{side}/layer_{i}/ffn/linear_0/weight")))
                 .count();
             for i in 0..n_layers {
                 let c = format!("{side}/layer_{i}");
                 let h = format!("{hf}.layers.{i}");
-                ln(&mut put, &format!("{c}/self_attention/layer_norm"), &format!("{h}.self_attn_layer_norm"))?;
-                split(&mut put, &format!("{c}/self_attention/linear_0"), &format!("{h}.self_attn"), &["q_proj", "k_proj", "v_proj"], &[true, false, true])?;
-                lin(&mut put, &format!("{c}/self_attention/linear_1"), &format!("{h}.self_attn.out_proj"))?;
-                ln(&mut put, &format!("{c}/ffn/layer_norm"), &format!("{h}.final_layer_norm"))?;
+                ln(
+                    &mut put,
+                    &format!("{c}/self_attention/layer_norm"),
+                    &format!("{h}.self_attn_layer_norm"),
+                )?;
+                split(
+                    &mut put,
+                    &format!("{c}/self_attention/linear_0"),
+                    &format!("{h}.self_attn"),
+                    &["q_proj", "k_proj", "v_proj"],
+                    &[true, false, true],
+                )?;
+                lin(
+                    &mut put,
+                    &format!("{c}/self_attention/linear_1"),
+                    &format!("{h}.self_attn.out_proj"),
+                )?;
+                ln(
+                    &mut put,
+                    &format!("{c}/ffn/layer_norm"),
+                    &format!("{h}.final_layer_norm"),
+                )?;
                 lin(&mut put, &format!("{c}/ffn/linear_0"), &format!("{h}.fc1"))?;
                 lin(&mut put, &format!("{c}/ffn/linear_1"), &format!("{h}.fc2"))?;
                 if side == "decoder" {
-                    ln(&mut put, &format!("{c}/attention/layer_norm"), &format!("{h}.encoder_attn_layer_norm"))?;
-                    lin(&mut put, &format!("{c}/attention/linear_0"), &format!("{h}.encoder_attn.q_proj"))?;
-                    split(&mut put, &format!("{c}/attention/linear_1"), &format!("{h}.encoder_attn"), &["k_proj", "v_proj"], &[false, true])?;
-                    lin(&mut put, &format!("{c}/attention/linear_2"), &format!("{h}.encoder_attn.out_proj"))?;
+                    ln(
+                        &mut put,
+                        &format!("{c}/attention/layer_norm"),
+                        &format!("{h}.encoder_attn_layer_norm"),
+                    )?;
+                    lin(
+                        &mut put,
+                        &format!("{c}/attention/linear_0"),
+                        &format!("{h}.encoder_attn.q_proj"),
+                    )?;
+                    split(
+                        &mut put,
+                        &format!("{c}/attention/linear_1"),
+                        &format!("{h}.encoder_attn"),
+                        &["k_proj", "v_proj"],
+                        &[false, true],
+                    )?;
+                    lin(
+                        &mut put,
+                        &format!("{c}/attention/linear_2"),
+                        &format!("{h}.encoder_attn.out_proj"),
+                    )?;
                 }
             }
         }
         for conv in ["conv1", "conv2"] {
-            lin(&mut put, &format!("encoder/{conv}"), &format!("model.encoder.{conv}"))?;
+            lin(
+                &mut put,
+                &format!("encoder/{conv}"),
+                &format!("model.encoder.{conv}"),
+            )?;
         }
-        copy(&mut put, "decoder/embeddings/weight", "model.decoder.embed_tokens.weight")?;
+        copy(
+            &mut put,
+            "decoder/embeddings/weight",
+            "model.decoder.embed_tokens.weight",
+        )?;
         Ok(Self {
             tensors: out,
             qtensors: HashMap::new(),
@@ -292,7 +356,12 @@ impl ModelConfig {
         let ids = |keys: &[&str]| -> Vec<u32> {
             keys.iter()
                 .find_map(|k| v.get(*k).and_then(|x| x.as_array()))
-                .map(|a| a.iter().filter_map(|x| x.as_u64()).map(|x| x as u32).collect())
+                .map(|a| {
+                    a.iter()
+                        .filter_map(|x| x.as_u64())
+                        .map(|x| x as u32)
+                        .collect()
+                })
                 .unwrap_or_default()
         };
         Ok(Self {

@@ -69,7 +69,11 @@ fn every_bad_input_is_reported_and_the_good_file_still_transcribes() {
         *b = (i * 31 % 251) as u8;
     }
     let corrupt = write(t, "corrupt.ogg", &corrupt);
-    let text = write(t, "notes.ogg", b"this is not audio at all, just a text file\n");
+    let text = write(
+        t,
+        "notes.ogg",
+        b"this is not audio at all, just a text file\n",
+    );
     let dir = t.join("adir.ogg");
     std::fs::create_dir(&dir).unwrap();
     let bad: [(&Path, &str); 5] = [
@@ -87,7 +91,12 @@ fn every_bad_input_is_reported_and_the_good_file_still_transcribes() {
     let argv: Vec<&str> = args.iter().map(String::as_str).collect();
     let o = run(models.path(), &argv);
     no_panic(&o);
-    assert_eq!(o.status.code(), Some(1), "some files failed: {}", stderr(&o));
+    assert_eq!(
+        o.status.code(),
+        Some(1),
+        "some files failed: {}",
+        stderr(&o)
+    );
     let err = stderr(&o);
     for (p, cause) in &bad {
         let line = err
@@ -97,7 +106,10 @@ fn every_bad_input_is_reported_and_the_good_file_still_transcribes() {
         assert!(line.contains(cause), "{line}");
     }
     let out = String::from_utf8_lossy(&o.stdout).to_lowercase();
-    assert!(out.contains("ask not what your country"), "good file: {out}");
+    assert!(
+        out.contains("ask not what your country"),
+        "good file: {out}"
+    );
 }
 
 #[test]
@@ -107,7 +119,17 @@ fn zero_length_ogg_and_short_clip_and_long_silence() {
     let t = tmp.path();
     // An OGG container with no audio packets.
     let zero = t.join("zero.ogg");
-    ffmpeg(&["-f", "lavfi", "-i", "anullsrc=r=48000:cl=mono", "-t", "0", "-c:a", "libopus", zero.to_str().unwrap()]);
+    ffmpeg(&[
+        "-f",
+        "lavfi",
+        "-i",
+        "anullsrc=r=48000:cl=mono",
+        "-t",
+        "0",
+        "-c:a",
+        "libopus",
+        zero.to_str().unwrap(),
+    ]);
     let o = run(models.path(), &["transcribe", zero.to_str().unwrap()]);
     no_panic(&o);
     assert_ne!(o.status.code(), Some(0));
@@ -115,8 +137,21 @@ fn zero_length_ogg_and_short_clip_and_long_silence() {
 
     // 0.1 s of a tone: transcribes (to little or nothing) without error.
     let short = t.join("short.ogg");
-    ffmpeg(&["-f", "lavfi", "-i", "sine=f=440:r=48000:d=0.1", "-ac", "1", "-c:a", "libopus", short.to_str().unwrap()]);
-    let o = run(models.path(), &["transcribe", "--format", "json", short.to_str().unwrap()]);
+    ffmpeg(&[
+        "-f",
+        "lavfi",
+        "-i",
+        "sine=f=440:r=48000:d=0.1",
+        "-ac",
+        "1",
+        "-c:a",
+        "libopus",
+        short.to_str().unwrap(),
+    ]);
+    let o = run(
+        models.path(),
+        &["transcribe", "--format", "json", short.to_str().unwrap()],
+    );
     no_panic(&o);
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
@@ -124,8 +159,21 @@ fn zero_length_ogg_and_short_clip_and_long_silence() {
 
     // Ten minutes of silence: empty text, never a hallucination.
     let silence = t.join("silence.ogg");
-    ffmpeg(&["-f", "lavfi", "-i", "anullsrc=r=48000:cl=mono", "-t", "600", "-c:a", "libopus", silence.to_str().unwrap()]);
-    let o = run(models.path(), &["transcribe", "--format", "json", silence.to_str().unwrap()]);
+    ffmpeg(&[
+        "-f",
+        "lavfi",
+        "-i",
+        "anullsrc=r=48000:cl=mono",
+        "-t",
+        "600",
+        "-c:a",
+        "libopus",
+        silence.to_str().unwrap(),
+    ]);
+    let o = run(
+        models.path(),
+        &["transcribe", "--format", "json", silence.to_str().unwrap()],
+    );
     no_panic(&o);
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
@@ -137,13 +185,27 @@ fn zero_length_ogg_and_short_clip_and_long_silence() {
 fn unknown_and_missing_models_name_the_fix() {
     let empty = tempfile::tempdir().unwrap();
     let jfk = common::root().join("tests/data/audio_jfk_ask_not.ogg");
-    let o = run(empty.path(), &["transcribe", "--model", "huge-v9", jfk.to_str().unwrap()]);
+    let o = run(
+        empty.path(),
+        &["transcribe", "--model", "huge-v9", jfk.to_str().unwrap()],
+    );
     no_panic(&o);
     assert_eq!(o.status.code(), Some(2));
-    assert!(stderr(&o).contains("unknown model \"huge-v9\""), "{}", stderr(&o));
-    let o = run(empty.path(), &["transcribe", "--model", "base", jfk.to_str().unwrap()]);
+    assert!(
+        stderr(&o).contains("unknown model \"huge-v9\""),
+        "{}",
+        stderr(&o)
+    );
+    let o = run(
+        empty.path(),
+        &["transcribe", "--model", "base", jfk.to_str().unwrap()],
+    );
     assert_eq!(o.status.code(), Some(2));
-    assert!(stderr(&o).contains("voice-transcriber models fetch base"), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("voice-transcriber models fetch base"),
+        "{}",
+        stderr(&o)
+    );
 }
 
 #[test]
@@ -166,7 +228,10 @@ fn corrupt_model_files_are_named() {
         no_panic(&o);
         assert_eq!(o.status.code(), Some(2), "{case}");
         let err = stderr(&o);
-        assert!(err.contains("model.bin") && err.contains("not a CTranslate2 model"), "{case}: {err}");
+        assert!(
+            err.contains("model.bin") && err.contains("not a CTranslate2 model"),
+            "{case}: {err}"
+        );
         assert_eq!(err.lines().count(), 1, "{case}: one line: {err}");
     }
 }
@@ -175,7 +240,10 @@ fn corrupt_model_files_are_named() {
 fn english_only_model_refuses_other_languages_clearly() {
     let models = models_dir();
     let jfk = common::root().join("tests/data/audio_jfk_ask_not.ogg");
-    let o = run(models.path(), &["transcribe", "--language", "ru", jfk.to_str().unwrap()]);
+    let o = run(
+        models.path(),
+        &["transcribe", "--language", "ru", jfk.to_str().unwrap()],
+    );
     no_panic(&o);
     assert_ne!(o.status.code(), Some(0));
     assert!(stderr(&o).contains("English-only"), "{}", stderr(&o));
@@ -185,13 +253,28 @@ fn english_only_model_refuses_other_languages_clearly() {
 fn output_formats() {
     let models = models_dir();
     let jfk = common::root().join("tests/data/audio_jfk_ask_not.ogg");
-    let o = run(models.path(), &["transcribe", "-f", "srt", jfk.to_str().unwrap()]);
+    let o = run(
+        models.path(),
+        &["transcribe", "-f", "srt", jfk.to_str().unwrap()],
+    );
     assert!(o.status.success(), "{}", stderr(&o));
     let srt = String::from_utf8_lossy(&o.stdout);
     assert!(srt.starts_with("1\n00:00:00,000 --> 00:00:"), "{srt}");
-    let o = run(models.path(), &["transcribe", "-f", "vtt", jfk.to_str().unwrap()]);
+    let o = run(
+        models.path(),
+        &["transcribe", "-f", "vtt", jfk.to_str().unwrap()],
+    );
     assert!(String::from_utf8_lossy(&o.stdout).starts_with("WEBVTT\n\n00:00:"));
-    let o = run(models.path(), &["transcribe", "-f", "json", jfk.to_str().unwrap(), jfk.to_str().unwrap()]);
+    let o = run(
+        models.path(),
+        &[
+            "transcribe",
+            "-f",
+            "json",
+            jfk.to_str().unwrap(),
+            jfk.to_str().unwrap(),
+        ],
+    );
     let lines: Vec<serde_json::Value> = String::from_utf8_lossy(&o.stdout)
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
@@ -204,5 +287,8 @@ fn output_formats() {
     let segs = v["segments"].as_array().unwrap();
     assert!(!segs.is_empty());
     let last_end = segs.last().unwrap()["end"].as_f64().unwrap();
-    assert!(last_end > 9.0 && last_end <= 11.5, "segment times cover the speech: {last_end}");
+    assert!(
+        last_end > 9.0 && last_end <= 11.5,
+        "segment times cover the speech: {last_end}"
+    );
 }

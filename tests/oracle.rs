@@ -4,9 +4,9 @@
 
 mod common;
 
+use voice_transcriber::audio;
 use voice_transcriber::engine::{Engine, ThreadConfig};
 use voice_transcriber::mel::{LogMel, N_FRAMES};
-use voice_transcriber::audio;
 
 fn check_model(model: &str) {
     let rows: Vec<_> = common::read_tsv(&common::root().join("tests/data/fw_tokens.tsv"))
@@ -15,11 +15,14 @@ fn check_model(model: &str) {
         .collect();
     assert!(rows.len() >= 10, "too few recorded clips for {model}");
     let eval = common::eval_dir();
-    let mut engine = Engine::load(&common::model_dir(model), model, ThreadConfig::all_cores()).unwrap();
+    let mut engine =
+        Engine::load(&common::model_dir(model), model, ThreadConfig::all_cores()).unwrap();
     let mut mismatches = Vec::new();
     for r in &rows {
-        let samples = audio::decode_file(&eval.join("wav").join(format!("{}.wav", r["id"]))).unwrap();
-        let parse = |s: &str| -> Vec<u32> { s.split_whitespace().map(|t| t.parse().unwrap()).collect() };
+        let samples =
+            audio::decode_file(&eval.join("wav").join(format!("{}.wav", r["id"]))).unwrap();
+        let parse =
+            |s: &str| -> Vec<u32> { s.split_whitespace().map(|t| t.parse().unwrap()).collect() };
         let prompt = parse(&r["prompt"]);
         let expected = parse(&r["tokens"]);
         let got = engine.with_transcriber(|t| {
@@ -30,7 +33,11 @@ fn check_model(model: &str) {
             t.decode_window(&prompt, 0.0, &mut rng).unwrap().tokens
         });
         if got != expected {
-            let first = got.iter().zip(&expected).position(|(a, b)| a != b).unwrap_or(got.len().min(expected.len()));
+            let first = got
+                .iter()
+                .zip(&expected)
+                .position(|(a, b)| a != b)
+                .unwrap_or(got.len().min(expected.len()));
             mismatches.push(format!(
                 "{}: differs at token {first} of {} (ours {:?}, theirs {:?})",
                 r["id"],
@@ -75,13 +82,25 @@ fn log_mel_matches_faster_whisper_features() {
     let at = |m: usize, t: usize| w[m * N_FRAMES + t] as f64;
     let close = |ours: f64, key: &str| {
         let theirs = reference[key].as_f64().unwrap();
-        assert!((ours - theirs).abs() < 1e-4, "{key}: ours {ours}, faster-whisper {theirs}");
+        assert!(
+            (ours - theirs).abs() < 1e-4,
+            "{key}: ours {ours}, faster-whisper {theirs}"
+        );
     };
     close(at(0, 0), "v[0,0]");
     close(at(0, 1), "v[0,1]");
     close(at(10, 100), "v[10,100]");
     close(at(79, 2999), "v[79,2999]");
-    close(w.iter().map(|&v| v as f64).sum::<f64>() / w.len() as f64, "mean");
-    close(w.iter().copied().fold(f32::INFINITY, f32::min) as f64, "min");
-    close(w.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64, "max");
+    close(
+        w.iter().map(|&v| v as f64).sum::<f64>() / w.len() as f64,
+        "mean",
+    );
+    close(
+        w.iter().copied().fold(f32::INFINITY, f32::min) as f64,
+        "min",
+    );
+    close(
+        w.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64,
+        "max",
+    );
 }

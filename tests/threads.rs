@@ -14,12 +14,19 @@ use voice_transcriber::engine::{limit_process_threads, Engine, ThreadConfig};
 fn thread_ticks() -> HashMap<u32, u64> {
     let mut out = HashMap::new();
     for entry in std::fs::read_dir("/proc/self/task").unwrap().flatten() {
-        let Ok(tid) = entry.file_name().to_string_lossy().parse::<u32>() else { continue };
-        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else { continue };
+        let Ok(tid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
+            continue;
+        };
         // Fields after the parenthesised name; utime and stime are fields 14 and 15.
         let rest = &stat[stat.rfind(')').unwrap() + 2..];
         let f: Vec<&str> = rest.split_whitespace().collect();
-        out.insert(tid, f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap());
+        out.insert(
+            tid,
+            f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap(),
+        );
     }
     out
 }
@@ -30,7 +37,8 @@ fn current_tid() -> u32 {
 
 #[test]
 fn inference_uses_exactly_the_configured_threads_and_not_the_callers() {
-    let samples = audio::decode_file(&common::root().join("tests/data/audio_jfk_ask_not.ogg")).unwrap();
+    let samples =
+        audio::decode_file(&common::root().join("tests/data/audio_jfk_ask_not.ogg")).unwrap();
     let caller = current_tid();
     for n in [1usize, 2] {
         limit_process_threads(n);
@@ -42,7 +50,9 @@ fn inference_uses_exactly_the_configured_threads_and_not_the_callers() {
         let mut engine = Engine::load(&common::model_dir("tiny.en"), "tiny.en", threads).unwrap();
         let before = thread_ticks();
         let caller_before = before[&caller];
-        let t = engine.transcribe(&samples, &Options::default(), |_| {}).unwrap();
+        let t = engine
+            .transcribe(&samples, &Options::default(), |_| {})
+            .unwrap();
         assert!(t.transcript.text().to_lowercase().contains("ask not"));
         let after = thread_ticks();
         // Threads that did at least 3 ticks (30 ms) of work during the transcription.
@@ -51,7 +61,10 @@ fn inference_uses_exactly_the_configured_threads_and_not_the_callers() {
             .filter(|(tid, &ticks)| ticks >= before.get(tid).copied().unwrap_or(0) + 3)
             .map(|(tid, _)| *tid)
             .collect();
-        assert!(!busy.contains(&caller), "the calling thread must only wait (n = {n})");
+        assert!(
+            !busy.contains(&caller),
+            "the calling thread must only wait (n = {n})"
+        );
         assert!(after[&caller] <= caller_before + 2);
         assert_eq!(busy.len(), n, "busy threads with --threads {n}: {busy:?}");
         drop(engine);

@@ -11,9 +11,9 @@ mod common;
 use std::collections::HashMap;
 use std::process::Command;
 
+use voice_transcriber::audio;
 use voice_transcriber::decode::Options;
 use voice_transcriber::engine::{Engine, ThreadConfig};
-use voice_transcriber::audio;
 
 /// Allowed WER excess over faster-whisper, in points.
 const TOLERANCE: f64 = 1.0;
@@ -27,7 +27,11 @@ fn score(manifest: &std::path::Path, hyp: &std::path::Path) -> HashMap<String, f
         .arg("--quiet")
         .output()
         .expect("python3 runs wer.py");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8_lossy(&out.stdout)
         .lines()
         .filter_map(|l| {
@@ -44,18 +48,23 @@ fn check(model: &str, langs: &[&str]) {
         .into_iter()
         .filter(|r| langs.contains(&r["lang"].as_str()))
         .collect();
-    let mut engine = Engine::load(&common::model_dir(model), model, ThreadConfig::all_cores()).unwrap();
+    let mut engine =
+        Engine::load(&common::model_dir(model), model, ThreadConfig::all_cores()).unwrap();
     let tmp = tempfile::tempdir().unwrap();
     let mut hyp = String::from("id\ttext\n");
     let mut fw = String::from("id\ttext\n");
     let reference = common::read_tsv(&eval.join("reference_faster_whisper_greedy.tsv"));
     for c in &clips {
-        let samples = audio::decode_file(&eval.join("opus").join(format!("{}.ogg", c["id"]))).unwrap();
+        let samples =
+            audio::decode_file(&eval.join("opus").join(format!("{}.ogg", c["id"]))).unwrap();
         let opts = Options {
             language: Some(c["lang"].clone()),
             ..Options::default()
         };
-        let t = engine.transcribe(&samples, &opts, |_| {}).unwrap().transcript;
+        let t = engine
+            .transcribe(&samples, &opts, |_| {})
+            .unwrap()
+            .transcript;
         hyp += &format!("{}\t{}\n", c["id"], t.text().replace(['\t', '\n'], " "));
         let theirs = reference
             .iter()
@@ -71,14 +80,21 @@ fn check(model: &str, langs: &[&str]) {
         .filter(|(i, l)| *i == 0 || langs.iter().any(|lang| l.split('\t').nth(1) == Some(*lang)))
         .map(|(_, l)| format!("{l}\n"))
         .collect();
-    let (m, h, f) = (tmp.path().join("m.tsv"), tmp.path().join("ours.tsv"), tmp.path().join("fw.tsv"));
+    let (m, h, f) = (
+        tmp.path().join("m.tsv"),
+        tmp.path().join("ours.tsv"),
+        tmp.path().join("fw.tsv"),
+    );
     std::fs::write(&m, restricted).unwrap();
     std::fs::write(&h, &hyp).unwrap();
     std::fs::write(&f, &fw).unwrap();
     let (ours, theirs) = (score(&m, &h), score(&m, &f));
     for lang in langs {
         let (o, t) = (ours[*lang], theirs[*lang]);
-        eprintln!("{model} {lang}: WER ours {o:.2}% vs faster-whisper greedy {t:.2}% over {} clips", clips.len());
+        eprintln!(
+            "{model} {lang}: WER ours {o:.2}% vs faster-whisper greedy {t:.2}% over {} clips",
+            clips.len()
+        );
         assert!(
             o <= t + TOLERANCE,
             "{model} {lang}: WER {o:.2}% is more than {TOLERANCE} point above faster-whisper's {t:.2}%\n{hyp}"

@@ -8,8 +8,8 @@
 
 use std::panic::{self, AssertUnwindSafe};
 
-use opus_rs::OpusDecoder;
 use opus_rs::multistream::{ChannelMappingTable, MultistreamDecoder};
+use opus_rs::OpusDecoder;
 
 /// Opus always decodes to 48 kHz here: the encoder's band limits are defined at 48 kHz, `opusdec`
 /// outputs 48 kHz by default, and decoding at a lower API rate would take libopus's cheaper
@@ -47,7 +47,11 @@ impl OpusHead {
         }
         let u16_at = |i: usize| {
             let b = [extra[i], extra[i + 1]];
-            if big_endian { u16::from_be_bytes(b) } else { u16::from_le_bytes(b) }
+            if big_endian {
+                u16::from_be_bytes(b)
+            } else {
+                u16::from_le_bytes(b)
+            }
         };
         let version = extra[8];
         // RFC 7845: the upper nibble is the major version; only major version 0 is defined.
@@ -63,15 +67,25 @@ impl OpusHead {
         let mapping_family = extra[18];
         let mapping_table = match mapping_family {
             0 if channels <= 2 => Vec::new(),
-            0 => return Err(format!("mapping family 0 allows 1-2 channels, header says {channels}")),
+            0 => {
+                return Err(format!(
+                    "mapping family 0 allows 1-2 channels, header says {channels}"
+                ))
+            }
             _ => {
-                let table = extra.get(19..19 + 2 + usize::from(channels)).ok_or_else(|| {
-                    "OpusHead channel mapping table is truncated".to_string()
-                })?;
+                let table = extra
+                    .get(19..19 + 2 + usize::from(channels))
+                    .ok_or_else(|| "OpusHead channel mapping table is truncated".to_string())?;
                 table.to_vec()
             }
         };
-        Ok(OpusHead { channels, pre_skip, gain_q8, mapping_family, mapping_table })
+        Ok(OpusHead {
+            channels,
+            pre_skip,
+            gain_q8,
+            mapping_family,
+            mapping_table,
+        })
     }
 }
 
@@ -117,7 +131,12 @@ impl OpusTrackDecoder {
 
     /// Decodes one packet and returns its samples (interleaved) after trimming `trim_start` and
     /// `trim_end` frames and any remaining pre-skip. The slice may be empty.
-    pub fn decode(&mut self, packet: &[u8], trim_start: usize, trim_end: usize) -> Result<&[f32], String> {
+    pub fn decode(
+        &mut self,
+        packet: &[u8],
+        trim_start: usize,
+        trim_end: usize,
+    ) -> Result<&[f32], String> {
         // A zero-length packet would ask the decoder for concealment of an unknown duration; in a
         // container it can only be damage.
         if packet.is_empty() {
@@ -132,8 +151,17 @@ impl OpusTrackDecoder {
     /// keeps its timing. `frames` is the duration the container derived from the packet's ToC
     /// byte; when that is 0 (the ToC itself is damaged) the previous packet's duration is used,
     /// as encoders keep the frame size constant in practice.
-    pub fn conceal(&mut self, frames: usize, trim_start: usize, trim_end: usize) -> Result<&[f32], String> {
-        let frames = if frames == 0 { self.last_frames } else { frames };
+    pub fn conceal(
+        &mut self,
+        frames: usize,
+        trim_start: usize,
+        trim_end: usize,
+    ) -> Result<&[f32], String> {
+        let frames = if frames == 0 {
+            self.last_frames
+        } else {
+            frames
+        };
         // libopus only conceals whole 2.5 ms steps; clamp a damaged duration to what it accepts.
         let frames = frames.min(MAX_FRAMES_PER_PACKET) / 120 * 120;
         if frames == 0 {
@@ -194,7 +222,10 @@ fn make_inner(head: &OpusHead) -> Result<Inner, String> {
                 + usize::from(table.stream_count.saturating_sub(table.coupled_count));
             let valid = table.stream_count > 0
                 && table.coupled_count <= table.stream_count
-                && table.mapping.iter().all(|&m| m == SILENT_CHANNEL || usize::from(m) < decoded);
+                && table
+                    .mapping
+                    .iter()
+                    .all(|&m| m == SILENT_CHANNEL || usize::from(m) < decoded);
             if !valid {
                 return Err("bad Opus channel mapping table".into());
             }

@@ -34,10 +34,20 @@ pub fn eval_dir() -> PathBuf {
 pub fn read_tsv(path: &Path) -> Vec<std::collections::HashMap<String, String>> {
     let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     let mut lines = text.lines();
-    let head: Vec<String> = lines.next().unwrap().split('\t').map(String::from).collect();
+    let head: Vec<String> = lines
+        .next()
+        .unwrap()
+        .split('\t')
+        .map(String::from)
+        .collect();
     lines
         .filter(|l| !l.trim().is_empty())
-        .map(|l| head.iter().cloned().zip(l.split('\t').map(String::from)).collect())
+        .map(|l| {
+            head.iter()
+                .cloned()
+                .zip(l.split('\t').map(String::from))
+                .collect()
+        })
         .collect()
 }
 
