@@ -21,6 +21,12 @@ pub enum CatalogError {
     Unknown { name: String, known: String },
     #[error("model {name} is not installed in {dir}; fetch it with: voice-transcriber models fetch {name}")]
     NotInstalled { name: String, dir: PathBuf },
+    #[error("model {name} does not exist yet; create it with: voice-transcriber models quantize {base} --to {format}")]
+    NotQuantized {
+        name: String,
+        base: String,
+        format: String,
+    },
     #[error("download of {repo}/{file} failed: {reason}")]
     Download {
         repo: String,
@@ -217,8 +223,16 @@ impl Catalog {
             return Ok((self.path(model), model.to_string()));
         }
         // A quantized variant such as `base-q8_0` is produced locally, not fetched.
-        let base = model.split_once("-q").map_or(model, |(b, _)| b);
-        lookup(base)?;
+        if let Some((base, format)) = model.rsplit_once("-q") {
+            if lookup(base).is_ok() {
+                return Err(CatalogError::NotQuantized {
+                    name: model.to_string(),
+                    base: base.to_string(),
+                    format: format!("q{format}"),
+                });
+            }
+        }
+        lookup(model)?;
         Err(CatalogError::NotInstalled {
             name: model.to_string(),
             dir: self.dir.clone(),
@@ -299,6 +313,35 @@ impl Catalog {
             }
         }
         self.install(&staging, name)
+    }
+
+    /// Quantizes installed model `name` to `dtype` and installs it beside the original as
+    /// `<name>-<dtype>` (GGUF). Returns the new directory and the matrices that fell back to
+    /// q8_0 because their width does not fit `dtype`'s blocks.
+    pub fn quantize(
+        &self,
+        name: &str,
+        dtype: candle_core::quantized::GgmlDType,
+        label: &str,
+    ) -> Result<(PathBuf, Vec<String>), CatalogError> {
+        let (src, _) = self.resolve(name)?;
+        let format = Format::detect(&src)?;
+        let weights = crate::weights::Weights::load(&src, format)?;
+        let (q, fallbacks) = weights.quantize(dtype).map_err(|e| WeightsError::Invalid {
+            path: src.clone(),
+            reason: e.to_string(),
+        })?;
+        let new_name = format!("{name}-{label}");
+        let staging = self.dir.join(format!(".{new_name}.partial"));
+        let _ = std::fs::remove_dir_all(&staging);
+        create_dir(&staging)?;
+        q.save_gguf(&staging.join("model.gguf"))?;
+        for file in ["config.json", "tokenizer.json"] {
+            if src.join(file).exists() {
+                link_or_copy(&src.join(file), &staging.join(file))?;
+            }
+        }
+        Ok((self.install(&staging, &new_name)?, fallbacks))
     }
 
     /// Validates a staged directory and renames it into place (replacing an older copy).

@@ -88,11 +88,50 @@ enum ModelsCommand {
         #[arg(long)]
         name: Option<String>,
     },
+    /// Quantize an installed model to GGUF, installed beside it as `<name>-<format>`.
+    Quantize {
+        /// Model name.
+        name: String,
+        /// Quantization format.
+        #[arg(long, value_enum, default_value = "q8_0")]
+        to: Quant,
+    },
     /// Print the directory of an installed model.
     Path {
         /// Model name.
         name: String,
     },
+}
+
+/// Quantization formats offered by `models quantize`.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+#[allow(non_camel_case_types)]
+enum Quant {
+    /// 8-bit, blocks of 32.
+    q8_0,
+    /// 4-bit, blocks of 32.
+    q4_0,
+    /// 4-bit k-quant, blocks of 256 (narrow layers fall back to q8_0).
+    q4_k,
+}
+
+impl Quant {
+    fn dtype(self) -> candle_core::quantized::GgmlDType {
+        use candle_core::quantized::GgmlDType;
+        match self {
+            Quant::q8_0 => GgmlDType::Q8_0,
+            Quant::q4_0 => GgmlDType::Q4_0,
+            Quant::q4_k => GgmlDType::Q4K,
+        }
+    }
+
+    fn label(self) -> &'static str {
+        match self {
+            Quant::q8_0 => "q8_0",
+            Quant::q4_0 => "q4_0",
+            Quant::q4_k => "q4_k",
+        }
+    }
 }
 
 /// `2,3` or `0-3` or `0,2-3`.
@@ -217,6 +256,18 @@ fn models(cli: &Cli, cmd: &ModelsCommand) -> Result<()> {
                 bail!("bad model name {name:?}");
             }
             let p = catalog.import(dir, &name)?;
+            println!("{}", p.display());
+        }
+        ModelsCommand::Quantize { name, to } => {
+            let (p, fallbacks) = catalog.quantize(name, to.dtype(), to.label())?;
+            if !fallbacks.is_empty() {
+                eprintln!(
+                    "note: {} matrices are not a multiple of {} wide and were stored as q8_0: {}",
+                    fallbacks.len(),
+                    to.dtype().block_size(),
+                    fallbacks.join(", ")
+                );
+            }
             println!("{}", p.display());
         }
         ModelsCommand::Path { name } => {

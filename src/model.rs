@@ -423,3 +423,139 @@ impl Whisper {
         })
     }
 }
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use candle_core::IndexOp;
+
+    /// A small random-weight Whisper (1 layer each side, width 64) under Hugging Face names.
+    pub(crate) fn random_weights(n_vocab: usize) -> Weights {
+        let dev = Device::Cpu;
+        let d = HEAD_DIM;
+        let mut w = Weights::default();
+        let mut put = |name: String, shape: &[usize]| {
+            let t = Tensor::randn(0f32, 0.2, shape, &dev).unwrap();
+            w.tensors.insert(name, t);
+        };
+        put("model.encoder.conv1.weight".into(), &[d, 80, 3]);
+        put("model.encoder.conv1.bias".into(), &[d]);
+        put("model.encoder.conv2.weight".into(), &[d, d, 3]);
+        put("model.encoder.conv2.bias".into(), &[d]);
+        put("model.encoder.embed_positions.weight".into(), &[1500, d]);
+        put("model.decoder.embed_tokens.weight".into(), &[n_vocab, d]);
+        put("model.decoder.embed_positions.weight".into(), &[448, d]);
+        for side in ["encoder", "decoder"] {
+            put(format!("model.{side}.layer_norm.weight"), &[d]);
+            put(format!("model.{side}.layer_norm.bias"), &[d]);
+            let p = format!("model.{side}.layers.0");
+            let mut attns = vec!["self_attn"];
+            if side == "decoder" {
+                attns.push("encoder_attn");
+            }
+            for a in attns {
+                for proj in ["q_proj", "k_proj", "v_proj", "out_proj"] {
+                    put(format!("{p}.{a}.{proj}.weight"), &[d, d]);
+                    if proj != "k_proj" {
+                        put(format!("{p}.{a}.{proj}.bias"), &[d]);
+                    }
+                }
+                put(format!("{p}.{a}_layer_norm.weight"), &[d]);
+                put(format!("{p}.{a}_layer_norm.bias"), &[d]);
+            }
+            put(format!("{p}.fc1.weight"), &[4 * d, d]);
+            put(format!("{p}.fc1.bias"), &[4 * d]);
+            put(format!("{p}.fc2.weight"), &[d, 4 * d]);
+            put(format!("{p}.fc2.bias"), &[d]);
+            put(format!("{p}.final_layer_norm.weight"), &[d]);
+            put(format!("{p}.final_layer_norm.bias"), &[d]);
+        }
+        w
+    }
+
+    #[test]
+    fn dimensions_come_from_the_weights() {
+        let m = Whisper::new(&random_weights(600)).unwrap();
+        assert_eq!(
+            m.dims,
+            Dims {
+                n_mels: 80,
+                n_audio_ctx: 1500,
+                n_audio_state: 64,
+                n_audio_layer: 1,
+                n_vocab: 600,
+                n_text_ctx: 448,
+                n_text_state: 64,
+                n_text_layer: 1,
+            }
+        );
+    }
+
+    #[test]
+    fn cached_incremental_decoding_equals_decoding_the_whole_prefix() {
+        let mut m = Whisper::new(&random_weights(600)).unwrap();
+        let mel = Tensor::randn(0f32, 1.0, (1, 80, 3000), &Device::Cpu).unwrap();
+        let audio = m.encoder.forward(&mel).unwrap();
+        m.decoder.set_audio(&audio).unwrap();
+        let toks = [5u32, 17, 99, 3, 250];
+        let all = Tensor::new(&[toks], &Device::Cpu).unwrap();
+        let full: Vec<f32> = m
+            .decoder
+            .forward(&all)
+            .unwrap()
+            .i((0, 4))
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        m.decoder.reset();
+        // Prompt of two, then one token at a time through the cache.
+        m.decoder
+            .forward(&Tensor::new(&[[5u32, 17]], &Device::Cpu).unwrap())
+            .unwrap();
+        let mut last = Vec::new();
+        for t in &toks[2..] {
+            last = m
+                .decoder
+                .forward(&Tensor::new(&[[*t]], &Device::Cpu).unwrap())
+                .unwrap()
+                .i((0, 0))
+                .unwrap()
+                .to_vec1::<f32>()
+                .unwrap();
+        }
+        assert_eq!(m.decoder.len(), 5);
+        let diff = full
+            .iter()
+            .zip(&last)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0f32, f32::max);
+        assert!(diff < 1e-4, "cached decoding drifts by {diff}");
+    }
+
+    #[test]
+    fn mlp_uses_exact_erf_gelu() {
+        // Identity weights expose the activation: exact GELU(−1) = −0.1586553, the tanh
+        // approximation gives −0.1588080.
+        let eye = Tensor::eye(4, candle_core::DType::F32, &Device::Cpu).unwrap();
+        let lin = || Linear {
+            weight: QMatMul::Tensor(eye.clone()),
+            bias: None,
+        };
+        let mlp = Mlp {
+            fc1: lin(),
+            fc2: lin(),
+        };
+        let x = Tensor::new(&[[[-1f32, 0.5, 2.0, -3.0]]], &Device::Cpu).unwrap();
+        let y: Vec<f32> = mlp
+            .forward(&x)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        let exact = [-0.158_655_25f32, 0.345_731_14, 1.954_499_7, -0.004_049_71];
+        for (a, b) in y.iter().zip(exact) {
+            assert!((a - b).abs() < 2e-6, "{a} vs {b}");
+        }
+    }
+}

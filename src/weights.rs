@@ -320,6 +320,65 @@ impl Weights {
         })
     }
 
+    /// Quantizes the linear-layer matrices to `dtype` with candle's own quantizer; norms,
+    /// biases, convolutions and embeddings stay f32. A matrix whose rows do not split into
+    /// `dtype`'s blocks (k-quants need multiples of 256; tiny is 384 wide) falls back to q8_0
+    /// (blocks of 32), and the names of those fallbacks are returned.
+    pub fn quantize(&self, dtype: GgmlDType) -> candle_core::Result<(Self, Vec<String>)> {
+        let mut out = Self::default();
+        let mut fallbacks = Vec::new();
+        for (name, t) in &self.tensors {
+            let is_matrix = t.rank() == 2
+                && name.ends_with(".weight")
+                && (name.contains("_proj.") || name.contains(".fc1.") || name.contains(".fc2."));
+            if !is_matrix {
+                out.tensors.insert(name.clone(), t.clone());
+                continue;
+            }
+            let row = t.dim(1)?;
+            let chosen = if row % dtype.block_size() == 0 {
+                dtype
+            } else {
+                fallbacks.push(name.clone());
+                GgmlDType::Q8_0
+            };
+            // QTensor::quantize reads the buffer flat: it must be contiguous.
+            let q = QTensor::quantize(&t.contiguous()?, chosen)?;
+            out.qtensors.insert(name.clone(), Arc::new(q));
+        }
+        fallbacks.sort();
+        Ok((out, fallbacks))
+    }
+
+    /// Writes all weights to a GGUF file (float tensors as f32 entries).
+    pub fn save_gguf(&self, path: &Path) -> Result<(), WeightsError> {
+        let invalid = |e: candle_core::Error| WeightsError::Invalid {
+            path: path.to_path_buf(),
+            reason: e.to_string(),
+        };
+        let mut floats = Vec::with_capacity(self.tensors.len());
+        for (name, t) in &self.tensors {
+            floats.push((
+                name.as_str(),
+                QTensor::quantize(t, GgmlDType::F32).map_err(invalid)?,
+            ));
+        }
+        let mut all: Vec<(&str, &QTensor)> = floats.iter().map(|(n, q)| (*n, q)).collect();
+        all.extend(self.qtensors.iter().map(|(n, q)| (n.as_str(), q.as_ref())));
+        all.sort_by_key(|(n, _)| *n);
+        let arch = gguf_file::Value::String("whisper".into());
+        let tmp = path.with_extension("gguf.partial");
+        let mut file = std::fs::File::create(&tmp).map_err(|source| WeightsError::Io {
+            path: tmp.clone(),
+            source,
+        })?;
+        gguf_file::write(&mut file, &[("general.architecture", &arch)], &all).map_err(invalid)?;
+        std::fs::rename(&tmp, path).map_err(|source| WeightsError::Io {
+            path: path.to_path_buf(),
+            source,
+        })
+    }
+
     /// Writes float weights as `model.safetensors` (Hugging Face layout).
     pub fn save_safetensors(&self, path: &Path) -> Result<(), WeightsError> {
         candle_core::safetensors::save(&self.tensors, path).map_err(|e| WeightsError::Invalid {
@@ -378,5 +437,71 @@ pub fn tokenizer_path(dir: &Path) -> Result<PathBuf, WeightsError> {
         Ok(p)
     } else {
         Err(WeightsError::NoTokenizer(p))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::tests::random_weights;
+    use crate::model::Whisper;
+    use candle_core::IndexOp;
+
+    fn logits(w: &Weights) -> Vec<f32> {
+        let mut m = Whisper::new(w).unwrap();
+        let mel = Tensor::ones((1, 80, 3000), DType::F32, &Device::Cpu).unwrap();
+        let audio = m.encoder.forward(&mel).unwrap();
+        m.decoder.set_audio(&audio).unwrap();
+        let toks = Tensor::new(&[[1u32, 2, 3]], &Device::Cpu).unwrap();
+        m.decoder
+            .forward(&toks)
+            .unwrap()
+            .i((0, 2))
+            .unwrap()
+            .to_vec1()
+            .unwrap()
+    }
+
+    #[test]
+    fn safetensors_round_trip_is_exact() {
+        let w = random_weights(300);
+        let dir = tempfile::tempdir().unwrap();
+        w.save_safetensors(&dir.path().join("model.safetensors"))
+            .unwrap();
+        let back = Weights::load(dir.path(), Format::Safetensors).unwrap();
+        assert_eq!(logits(&w), logits(&back));
+    }
+
+    #[test]
+    fn gguf_q8_model_loads_and_stays_close_to_float() {
+        let w = random_weights(300);
+        let (q, fallbacks) = w.quantize(GgmlDType::Q8_0).unwrap();
+        assert!(fallbacks.is_empty(), "64-wide rows fit q8_0 blocks");
+        // k-quants need 256-wide rows: every 64-wide matrix falls back, fc2 (256 wide) does not.
+        let (_, k_fallbacks) = w.quantize(GgmlDType::Q4K).unwrap();
+        assert!(k_fallbacks.iter().all(|n| !n.ends_with("fc2.weight")));
+        assert!(k_fallbacks.iter().any(|n| n.ends_with("q_proj.weight")));
+        let dir = tempfile::tempdir().unwrap();
+        q.save_gguf(&dir.path().join("model.gguf")).unwrap();
+        let back = Weights::load(dir.path(), Format::Gguf).unwrap();
+        assert!(!back.qtensors.is_empty());
+        assert!(back
+            .qtensors
+            .contains_key("model.decoder.layers.0.fc1.weight"));
+        assert!(back
+            .tensors
+            .contains_key("model.decoder.embed_tokens.weight"));
+        let (a, b) = (logits(&w), logits(&back));
+        let scale = a.iter().map(|v| v.abs()).fold(0f32, f32::max);
+        let err = a
+            .iter()
+            .zip(&b)
+            .map(|(x, y)| (x - y).abs())
+            .fold(0f32, f32::max);
+        assert!(
+            err < 0.05 * scale,
+            "q8_0 error {err} vs logit scale {scale}"
+        );
+        assert_ne!(a, b, "quantization must actually change the weights");
     }
 }
