@@ -108,10 +108,13 @@ enum ModelsCommand {
 #[allow(non_camel_case_types)]
 enum Quant {
     /// 8-bit, blocks of 32.
+    #[value(name = "q8_0")]
     q8_0,
     /// 4-bit, blocks of 32.
+    #[value(name = "q4_0")]
     q4_0,
     /// 4-bit k-quant, blocks of 256 (narrow layers fall back to q8_0).
+    #[value(name = "q4_k")]
     q4_k,
 }
 

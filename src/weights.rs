@@ -211,7 +211,8 @@ impl Weights {
             copy(put, &format!("{from}/weight"), &format!("{to}.weight"))?;
             copy(put, &format!("{from}/bias"), &format!("{to}.bias"))
         };
-        // Splits a fused projection into `parts` equal row blocks named by `names`.
+        // Splits a fused projection into equal row blocks named by `names`, each copied into
+        // its own storage (so the fused buffer is freed and no view carries an offset).
         let split = |put: &mut dyn FnMut(String, Tensor),
                      from: &str,
                      to: &str,
@@ -225,11 +226,14 @@ impl Weights {
                 let wi = w.narrow(0, i * rows, rows).map_err(invalid)?;
                 put(
                     format!("{to}.{n}.weight"),
-                    wi.contiguous().map_err(invalid)?,
+                    wi.force_contiguous().map_err(invalid)?,
                 );
                 if *has_bias {
                     let bi = b.narrow(0, i * rows, rows).map_err(invalid)?;
-                    put(format!("{to}.{n}.bias"), bi.contiguous().map_err(invalid)?);
+                    put(
+                        format!("{to}.{n}.bias"),
+                        bi.force_contiguous().map_err(invalid)?,
+                    );
                 }
             }
             Ok(())
@@ -342,8 +346,9 @@ impl Weights {
                 fallbacks.push(name.clone());
                 GgmlDType::Q8_0
             };
-            // QTensor::quantize reads the buffer flat: it must be contiguous.
-            let q = QTensor::quantize(&t.contiguous()?, chosen)?;
+            // QTensor::quantize reads the whole backing buffer and ignores a view's offset, so a
+            // row block split off a fused CTranslate2 matrix needs its own storage.
+            let q = QTensor::quantize(&t.force_contiguous()?, chosen)?;
             out.qtensors.insert(name.clone(), Arc::new(q));
         }
         fallbacks.sort();

@@ -3,7 +3,6 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::Instant;
 
 use voice_transcriber::audio::{self, AudioError, SAMPLE_RATE};
 
@@ -587,30 +586,4 @@ fn ffmpeg_generated_formats_decode_to_the_right_duration() {
         "0.1 s clip gave {} samples",
         samples.len()
     );
-}
-
-/// Decode time of the longest shared clip. Run with
-/// `cargo test --release --test audio -- --ignored --nocapture`.
-#[test]
-#[ignore = "timing report, not a check"]
-fn long_clip_decode_time() {
-    let Some(clip) = shared("opus/ru_festvox_long_c_0520_0529.ogg") else {
-        println!("SKIPPED: ../shared/eval missing");
-        return;
-    };
-    let start = Instant::now();
-    let (native, _) = audio::decode_file_native(&clip).expect("decode");
-    let t_native = start.elapsed();
-    let start = Instant::now();
-    let samples = audio::decode_file(&clip).expect("decode");
-    let t_full = start.elapsed();
-    let secs = samples.len() as f64 / f64::from(SAMPLE_RATE);
-    println!(
-        "{}: {secs:.2} s of audio; Opus decode only {:.0} ms, decode + resample to 16 kHz {:.0} ms ({:.0}x real time)",
-        clip.display(),
-        t_native.as_secs_f64() * 1000.0,
-        t_full.as_secs_f64() * 1000.0,
-        secs / t_full.as_secs_f64()
-    );
-    assert_eq!(native.len(), samples.len() * 3);
 }

@@ -292,3 +292,84 @@ fn output_formats() {
         "segment times cover the speech: {last_end}"
     );
 }
+
+#[test]
+fn models_import_path_list_quantize_and_offline_fetch() {
+    let models = tempfile::tempdir().unwrap();
+    let m = models.path();
+    let o = run(
+        m,
+        &[
+            "models",
+            "import",
+            common::model_dir("tiny.en").to_str().unwrap(),
+            "--name",
+            "tiny.en",
+        ],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let o = run(m, &["models", "path", "tiny.en"]);
+    assert_eq!(
+        String::from_utf8_lossy(&o.stdout).trim(),
+        m.join("tiny.en").to_str().unwrap()
+    );
+    let o = run(m, &["models", "list"]);
+    let list = String::from_utf8_lossy(&o.stdout);
+    let line = list.lines().find(|l| l.starts_with("tiny.en ")).unwrap();
+    assert!(line.ends_with("installed"), "{line}");
+    assert!(list.lines().any(|l| l.starts_with("large-v3 ")));
+
+    // A quantized variant is named after what to run when it is missing.
+    let jfk = common::root().join("tests/data/audio_jfk_ask_not.ogg");
+    let o = run(
+        m,
+        &[
+            "transcribe",
+            "--model",
+            "tiny.en-q8_0",
+            jfk.to_str().unwrap(),
+        ],
+    );
+    assert!(
+        stderr(&o).contains("models quantize tiny.en --to q8_0"),
+        "{}",
+        stderr(&o)
+    );
+    let o = run(m, &["models", "quantize", "tiny.en", "--to", "q8_0"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(m.join("tiny.en-q8_0/model.gguf").is_file());
+    let o = run(
+        m,
+        &[
+            "transcribe",
+            "--model",
+            "tiny.en-q8_0",
+            jfk.to_str().unwrap(),
+        ],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(String::from_utf8_lossy(&o.stdout)
+        .to_lowercase()
+        .contains("ask not what your country"));
+
+    // The Hub is not reachable here: a fetch fails with a clear message, installs nothing.
+    let o = Command::new(common::bin())
+        .args([
+            "--models-dir",
+            m.to_str().unwrap(),
+            "models",
+            "fetch",
+            "base",
+        ])
+        .env("HF_ENDPOINT", "http://127.0.0.1:9")
+        .output()
+        .unwrap();
+    no_panic(&o);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        stderr(&o).contains("download of") && stderr(&o).contains("failed"),
+        "{}",
+        stderr(&o)
+    );
+    assert!(!m.join("base").exists());
+}
