@@ -446,15 +446,17 @@ impl Transcriber {
         Ok(best)
     }
 
-    /// Resolves the language option to a token (or `None` for English-only models).
+    /// Resolves the language option to a token (or `None` for English-only models). When the
+    /// language had to be detected, the encoded first window is returned too, so the decode
+    /// loop does not run the encoder on it a second time.
     fn language_token(
         &mut self,
         language: Option<&str>,
         mel: &LogMel,
-    ) -> Result<(Option<u32>, String), DecodeError> {
+    ) -> Result<(Option<u32>, String, Option<Tensor>), DecodeError> {
         if !self.is_multilingual() {
             return match language {
-                None | Some("en") => Ok((None, "en".into())),
+                None | Some("en") => Ok((None, "en".into(), None)),
                 Some(other) => Err(DecodeError::EnglishOnly(self.name.clone(), other.into())),
             };
         }
@@ -469,14 +471,14 @@ impl Transcriber {
                         .collect();
                     DecodeError::UnknownLanguage(code.into(), known.join(", "))
                 })?;
-                Ok((Some(id), code.into()))
+                Ok((Some(id), code.into(), None))
             }
             None => {
                 let audio = self.encode(mel.window(0, N_FRAMES))?;
                 let id = self.detect_language(&audio)?;
                 let code = self.tokenizer.language_code(id).unwrap_or("en").to_string();
                 log::info!("detected language: {code}");
-                Ok((Some(id), code))
+                Ok((Some(id), code, Some(audio)))
             }
         }
     }
@@ -489,7 +491,8 @@ impl Transcriber {
         mut on_segment: impl FnMut(&Segment),
     ) -> Result<Transcript, DecodeError> {
         let mel = LogMel::new(samples, self.model.dims.n_mels);
-        let (lang_token, language) = self.language_token(opts.language.as_deref(), &mel)?;
+        let (lang_token, language, mut first_window) =
+            self.language_token(opts.language.as_deref(), &mel)?;
         let sot_seq = self.sot_sequence(lang_token);
         let s = self.tokenizer.specials.clone();
         let mut rng = rand::rngs::StdRng::seed_from_u64(opts.seed);
@@ -513,7 +516,12 @@ impl Transcriber {
                 seek += segment_size;
                 continue;
             }
-            let audio = self.encode(mel.window(seek, segment_size))?;
+            // `window(0, N_FRAMES)` used for detection equals `window(0, segment_size)`: the
+            // window is clamped to the recording's frames either way.
+            let audio = match first_window.take() {
+                Some(a) if seek == 0 => a,
+                _ => self.encode(mel.window(seek, segment_size))?,
+            };
             self.model.decoder.set_audio(&audio)?;
 
             let previous = &all_tokens[prompt_reset_since..];
