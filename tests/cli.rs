@@ -55,6 +55,17 @@ fn ffmpeg(args: &[&str]) {
     assert!(ok, "ffmpeg {args:?}");
 }
 
+/// Transcribes `file` to JSON, asserting a clean exit.
+fn transcribe_json(models: &Path, file: &Path) -> serde_json::Value {
+    let o = run(
+        models,
+        &["transcribe", "--format", "json", file.to_str().unwrap()],
+    );
+    no_panic(&o);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    serde_json::from_slice(&o.stdout).unwrap()
+}
+
 #[test]
 fn every_bad_input_is_reported_and_the_good_file_still_transcribes() {
     let models = models_dir();
@@ -148,13 +159,7 @@ fn zero_length_ogg_and_short_clip_and_long_silence() {
         "libopus",
         short.to_str().unwrap(),
     ]);
-    let o = run(
-        models.path(),
-        &["transcribe", "--format", "json", short.to_str().unwrap()],
-    );
-    no_panic(&o);
-    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
-    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let v = transcribe_json(models.path(), &short);
     assert!(v["duration_s"].as_f64().unwrap() < 0.2);
 
     // Ten minutes of silence: empty text, never a hallucination.
@@ -170,13 +175,7 @@ fn zero_length_ogg_and_short_clip_and_long_silence() {
         "libopus",
         silence.to_str().unwrap(),
     ]);
-    let o = run(
-        models.path(),
-        &["transcribe", "--format", "json", silence.to_str().unwrap()],
-    );
-    no_panic(&o);
-    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
-    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let v = transcribe_json(models.path(), &silence);
     assert_eq!(v["text"], "", "silence transcribed as {:?}", v["text"]);
     assert!((v["duration_s"].as_f64().unwrap() - 600.0).abs() < 0.1);
 }
