@@ -15,10 +15,12 @@
 
 pub mod audio;
 pub mod catalog;
+pub mod config;
 pub mod ct2;
 pub mod decode;
 pub mod engine;
 pub mod mel;
+pub mod messenger;
 pub mod model;
 pub mod output;
 pub mod tokenizer;
