@@ -12,6 +12,7 @@
 //! - [`engine`]: loads a model and runs transcriptions on its own bounded thread pool.
 //! - [`catalog`]: model names → Hugging Face repos, download, import and lookup.
 //! - [`output`]: segments → txt, srt, vtt, json.
+//! - [`telegram`]: the owner's Telegram account (grammers): new messages in, replies out.
 
 pub mod audio;
 pub mod catalog;
@@ -28,5 +29,6 @@ pub mod shutdown;
 pub mod spool;
 pub mod state;
 pub mod supervisor;
+pub mod telegram;
 pub mod tokenizer;
 pub mod weights;

@@ -1,0 +1,578 @@
+//! The daemon's link to Telegram: the owner's user account, through grammers.
+//!
+//! [`open`] turns a saved login into a [`Telegram`] (the actions: reply, edit, fetch, download,
+//! resolve a username; cheap to clone) and a [`TelegramUpdates`] (the stream of new messages,
+//! owned by the reconnect supervisor). [`login`] creates that saved login interactively.
+//!
+//! Submodules, one job each:
+//! - [`session`]: the login and update position in one file, written atomically, mode 0600.
+//! - [`errors`]: grammers errors sorted into the daemon's [`MessengerError`] categories.
+//! - [`convert`]: grammers messages → [`Incoming`], including what audio they carry.
+//! - [`login`]: the interactive phone / code / password dialogue.
+//!
+//! # Why a connection is sometimes rebuilt
+//! grammers opens connections on demand inside one "pool runner" task, and that task waits for
+//! a new connection's first answer before it serves any other request, with no time limit. A
+//! server (or middlebox) that accepts the connection and then says nothing would freeze every
+//! request forever. So every request here has a deadline ([`TelegramOptions::request_timeout`]);
+//! when one passes, the pool is marked stalled, [`TelegramUpdates::next`] returns a network
+//! error, and the supervisor's next [`Connection::connect`] throws the whole pool away and
+//! starts a new one from the saved session (update position included, so nothing is missed).
+//! While waiting for updates, a quiet connection is checked with a round trip every
+//! [`TelegramOptions::idle_probe`], which catches a connection that died silently.
+
+pub mod convert;
+pub mod errors;
+mod login;
+pub mod session;
+
+use std::future::Future;
+use std::net::SocketAddrV4;
+use std::num::{NonZeroU32, NonZeroUsize};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use grammers_client::client::UpdateStream;
+use grammers_client::message::InputMessage;
+use grammers_client::peer::Peer;
+use grammers_client::update::Update;
+use grammers_client::Client;
+use grammers_mtsender::{
+    AutoSleep, ConnectionParams, InvocationError, SenderPool, UpdatesConfiguration,
+};
+use grammers_session::types::{PeerId, PeerRef};
+use grammers_session::updates::UpdatesLike;
+use grammers_session::Session;
+use grammers_tl_types as tl;
+use tokio::io::AsyncWriteExt;
+use tokio::sync::{mpsc, Notify};
+use tokio::task::JoinHandle;
+
+use crate::messenger::{ChatId, Connection, Incoming, Messenger, MessengerError, MsgId, UserId};
+use convert::Owner;
+pub use login::login;
+pub use session::{session_path, FileSession, SessionError};
+
+/// Why the Telegram link could not be opened or the login could not be completed.
+#[derive(Debug, thiserror::Error)]
+pub enum TelegramError {
+    /// There is no saved login (file missing, or a login was never completed).
+    #[error(
+        "not logged in to Telegram: no authorized session at {0}; run `voice-transcriber login` first"
+    )]
+    NotLoggedIn(PathBuf),
+    /// The session file could not be read or written.
+    #[error(transparent)]
+    Session(#[from] SessionError),
+    /// Telegram or the network failed a request.
+    #[error("Telegram: {0}")]
+    Telegram(#[from] MessengerError),
+    /// The phone number has no Telegram account; accounts are created in the official apps.
+    #[error("no Telegram account uses this phone number (create one in an official app first)")]
+    SignUpRequired,
+    /// Wrong login codes or passwords were entered too many times.
+    #[error("login failed: {0}")]
+    LoginFailed(String),
+    /// The terminal could not be read (closed stdin, no tty for the password).
+    #[error("reading from the terminal: {0}")]
+    Input(#[source] std::io::Error),
+}
+
+/// Deadlines and buffer sizes of the link; [`Default`] is what the daemon uses.
+#[derive(Debug, Clone)]
+pub struct TelegramOptions {
+    /// Longest wait for the answer to one request (the connect round trip, a reply, an edit, a
+    /// fetch, one download chunk). Past it the pool counts as stalled and is rebuilt.
+    pub request_timeout: Duration,
+    /// With no update for this long, [`TelegramUpdates::next`] checks the connection with a
+    /// round trip, so a connection that died without a word is noticed.
+    pub idle_probe: Duration,
+    /// Updates buffered between the network task and [`TelegramUpdates::next`]; grammers drops
+    /// (and later re-fetches, as a gap) what does not fit.
+    pub updates_channel_capacity: usize,
+}
+
+impl Default for TelegramOptions {
+    fn default() -> Self {
+        TelegramOptions {
+            request_timeout: Duration::from_secs(30),
+            idle_probe: Duration::from_secs(5 * 60),
+            updates_channel_capacity: 1000,
+        }
+    }
+}
+
+/// Flood waits up to this long are slept through inside grammers; longer ones come back as
+/// [`MessengerError::FloodWait`] for the caller to wait out. Kept well under
+/// [`TelegramOptions::request_timeout`] so a sleeping request is not mistaken for a stall.
+const AUTO_SLEEP_THRESHOLD: Duration = Duration::from_secs(10);
+
+/// How long [`TelegramUpdates::close`] waits for connections to shut down.
+const CLOSE_GRACE: Duration = Duration::from_secs(5);
+
+/// Opens the saved login at `session_file` without touching the network.
+///
+/// Fails with [`TelegramError::NotLoggedIn`] when the file is missing or holds no completed
+/// login, so a daemon started before `login` stops with a clear message instead of waiting.
+pub async fn open(
+    api_id: i32,
+    session_file: &Path,
+) -> Result<(Telegram, TelegramUpdates), TelegramError> {
+    open_with(api_id, session_file, TelegramOptions::default()).await
+}
+
+/// [`open`] with other deadlines (tests use short ones).
+pub async fn open_with(
+    api_id: i32,
+    session_file: &Path,
+    options: TelegramOptions,
+) -> Result<(Telegram, TelegramUpdates), TelegramError> {
+    let session = match FileSession::load(session_file)? {
+        Some(session) if session.is_logged_in() => Arc::new(session),
+        _ => return Err(TelegramError::NotLoggedIn(session_file.to_path_buf())),
+    };
+    let owner = Owner {
+        id: session.self_user_id().unwrap_or_default(),
+        name: String::new(),
+    };
+    let pool = Pool::start(&session, api_id, &options);
+    let shared = Arc::new(Shared {
+        api_id,
+        session,
+        options,
+        client: Mutex::new(pool.client.clone()),
+        owner: Mutex::new(owner),
+        stalled: AtomicBool::new(false),
+        stall_notice: Notify::new(),
+    });
+    let link = pool.stream(&shared).await?;
+    Ok((
+        Telegram {
+            shared: Arc::clone(&shared),
+        },
+        TelegramUpdates {
+            shared,
+            link: Some(link),
+        },
+    ))
+}
+
+/// Writes (or edits) the session at `session_file` so its home data center is `addr` with the
+/// permanent key `auth_key`, and so it counts as logged in. The real client then talks
+/// encrypted MTProto to `addr` at once; tests use this to aim it at a loopback endpoint.
+#[doc(hidden)]
+pub fn point_session_at(
+    session_file: &Path,
+    addr: SocketAddrV4,
+    auth_key: [u8; 256],
+) -> Result<(), TelegramError> {
+    let session =
+        FileSession::load(session_file)?.unwrap_or_else(|| FileSession::new(session_file));
+    session.aim_at(addr, auth_key)?;
+    Ok(())
+}
+
+/// State shared by the [`Telegram`] handles and the [`TelegramUpdates`] stream.
+struct Shared {
+    /// The application's api_id, for rebuilding the pool.
+    api_id: i32,
+    /// The saved login, shared with grammers.
+    session: Arc<FileSession>,
+    /// Deadlines.
+    options: TelegramOptions,
+    /// The client of the current pool; replaced when the pool is rebuilt.
+    client: Mutex<Client>,
+    /// The owner's id and name, for messages grammers attributes to "self".
+    owner: Mutex<Owner>,
+    /// Set when a request missed its deadline: the pool may be frozen and must be rebuilt.
+    stalled: AtomicBool,
+    /// Wakes [`TelegramUpdates::next`] when `stalled` is set.
+    stall_notice: Notify,
+}
+
+impl Shared {
+    fn client(&self) -> Client {
+        self.client
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    fn owner(&self) -> Owner {
+        self.owner.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Runs one request under the deadline, sorting its error; a missed deadline marks the
+    /// pool stalled.
+    async fn call<T>(
+        &self,
+        request: impl Future<Output = Result<T, InvocationError>>,
+    ) -> Result<T, MessengerError> {
+        within(self.options.request_timeout, request)
+            .await
+            .inspect_err(|e| {
+                if matches!(e, Deadline::Missed(_)) {
+                    self.stalled.store(true, Ordering::SeqCst);
+                    self.stall_notice.notify_one();
+                }
+            })
+            .map_err(MessengerError::from)
+    }
+
+    /// The chat as grammers wants it: with the access hash from the session's cache, or
+    /// without one (enough for basic groups and contacts; Telegram answers PEER_ID_INVALID,
+    /// i.e. [`MessengerError::NotFound`], otherwise).
+    async fn peer(&self, chat: ChatId) -> Result<PeerRef, MessengerError> {
+        let id = PeerId::from_bot_api_dialog_id(chat).ok_or(MessengerError::NotFound)?;
+        let cached = self
+            .session
+            .peer_ref(id)
+            .await
+            .map_err(|e| MessengerError::Network(format!("session: {e}")))?;
+        Ok(cached.unwrap_or_else(|| id.to_ambient_ref()))
+    }
+
+    /// One message by id, `None` when it is gone.
+    async fn message(
+        &self,
+        chat: ChatId,
+        id: MsgId,
+    ) -> Result<Option<grammers_client::message::Message>, MessengerError> {
+        let peer = self.peer(chat).await?;
+        let client = self.client();
+        let found = self.call(client.get_messages_by_id(peer, &[id])).await?;
+        Ok(found
+            .into_iter()
+            .next()
+            .flatten()
+            .filter(|m| !matches!(m.raw, tl::enums::Message::Empty(_))))
+    }
+}
+
+/// Outcome of a request run under a deadline.
+enum Deadline {
+    /// Telegram or the connection answered with an error.
+    Failed(InvocationError),
+    /// No answer in time.
+    Missed(Duration),
+}
+
+impl From<Deadline> for MessengerError {
+    fn from(d: Deadline) -> Self {
+        match d {
+            Deadline::Failed(e) => errors::classify(&e),
+            Deadline::Missed(t) => {
+                MessengerError::Network(format!("no answer from Telegram within {t:?}"))
+            }
+        }
+    }
+}
+
+async fn within<T>(
+    limit: Duration,
+    request: impl Future<Output = Result<T, InvocationError>>,
+) -> Result<T, Deadline> {
+    match tokio::time::timeout(limit, request).await {
+        Ok(result) => result.map_err(Deadline::Failed),
+        Err(_) => Err(Deadline::Missed(limit)),
+    }
+}
+
+/// A freshly started grammers pool: its client, its update channel and its runner task.
+struct Pool {
+    client: Client,
+    updates: mpsc::Receiver<UpdatesLike>,
+    runner: JoinHandle<()>,
+}
+
+impl Pool {
+    /// Starts the runner task. Makes no connection: grammers connects on the first request.
+    fn start(session: &Arc<FileSession>, api_id: i32, options: &TelegramOptions) -> Pool {
+        let params = ConnectionParams {
+            device_model: "voice-transcriber".into(),
+            app_version: env!("CARGO_PKG_VERSION").into(),
+            retry_policy: Box::new(AutoSleep {
+                tries: NonZeroU32::MIN,
+                threshold: AUTO_SLEEP_THRESHOLD,
+                io_errors_as_flood_of: Some(Duration::from_secs(1)),
+            }),
+            updates_channel_capacity: NonZeroUsize::new(options.updates_channel_capacity)
+                .unwrap_or(NonZeroUsize::MIN),
+            ..ConnectionParams::default()
+        };
+        let pool = SenderPool::with_configuration(Arc::clone(session), api_id, params);
+        Pool {
+            client: Client::new(pool.handle),
+            updates: pool.updates,
+            runner: tokio::spawn(pool.runner.run()),
+        }
+    }
+
+    /// Installs this pool's client as the current one and opens its update stream, resuming
+    /// from the update position saved in the session (catch-up).
+    async fn stream(self, shared: &Shared) -> Result<Link, TelegramError> {
+        *shared.client.lock().unwrap_or_else(|e| e.into_inner()) = self.client.clone();
+        match self
+            .client
+            .stream_updates(self.updates, UpdatesConfiguration { catch_up: true })
+            .await
+        {
+            Ok(stream) => Ok(Link {
+                stream,
+                runner: self.runner,
+            }),
+            Err(e) => {
+                self.runner.abort();
+                Err(MessengerError::Network(format!("session: {e}")).into())
+            }
+        }
+    }
+}
+
+/// One pool's update stream and runner task; dropping it stops the task and its connections.
+struct Link {
+    /// grammers' ordered, gap-free update stream.
+    stream: UpdateStream,
+    /// The task that owns the connections.
+    runner: JoinHandle<()>,
+}
+
+impl Drop for Link {
+    fn drop(&mut self) {
+        self.runner.abort();
+    }
+}
+
+/// The actions the daemon takes in chats, over the current pool. Cheap to clone.
+#[derive(Clone)]
+pub struct Telegram {
+    shared: Arc<Shared>,
+}
+
+impl Messenger for Telegram {
+    async fn reply(&self, chat: ChatId, to: MsgId, text: &str) -> Result<MsgId, MessengerError> {
+        let peer = self.shared.peer(chat).await?;
+        let message = InputMessage::new()
+            .text(text)
+            .reply_to(Some(to))
+            .link_preview(false);
+        let client = self.shared.client();
+        let sent = self.shared.call(client.send_message(peer, message)).await?;
+        Ok(sent.id())
+    }
+
+    async fn edit(&self, chat: ChatId, id: MsgId, text: &str) -> Result<(), MessengerError> {
+        let peer = self.shared.peer(chat).await?;
+        let message = InputMessage::new().text(text).link_preview(false);
+        let client = self.shared.client();
+        match self
+            .shared
+            .call(client.edit_message(peer, id, message))
+            .await
+        {
+            // The text is already what was asked for.
+            Err(MessengerError::Rejected(name)) if name == "MESSAGE_NOT_MODIFIED" => Ok(()),
+            other => other,
+        }
+    }
+
+    async fn fetch(&self, chat: ChatId, id: MsgId) -> Result<Option<Incoming>, MessengerError> {
+        let owner = self.shared.owner();
+        Ok(self
+            .shared
+            .message(chat, id)
+            .await?
+            .and_then(|m| convert::incoming(&m, &owner)))
+    }
+
+    async fn download(&self, chat: ChatId, id: MsgId, dest: &Path) -> Result<u64, MessengerError> {
+        let message = self
+            .shared
+            .message(chat, id)
+            .await?
+            .ok_or(MessengerError::NotFound)?;
+        let media = message.media().ok_or_else(|| {
+            MessengerError::Rejected(format!("message {id} in chat {chat} has no media"))
+        })?;
+        let written = download_to(&self.shared, &media, dest).await;
+        if written.is_err() {
+            // Never leave half a file where a whole one is expected.
+            let _ = tokio::fs::remove_file(dest).await;
+        }
+        written
+    }
+
+    async fn resolve_username(
+        &self,
+        username: &str,
+    ) -> Result<Option<(UserId, String)>, MessengerError> {
+        let username = username.trim_start_matches('@');
+        let client = self.shared.client();
+        match self.shared.call(client.resolve_username(username)).await {
+            Ok(Some(Peer::User(user))) => Ok(user
+                .id()
+                .bot_api_dialog_id()
+                .map(|id| (id, user.full_name()))),
+            Ok(_) => Ok(None),
+            Err(MessengerError::Rejected(name)) if name == "USERNAME_INVALID" => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+}
+
+/// Streams the media into `dest` chunk by chunk, each chunk under the request deadline.
+async fn download_to(
+    shared: &Shared,
+    media: &grammers_client::media::Media,
+    dest: &Path,
+) -> Result<u64, MessengerError> {
+    let io =
+        |e: std::io::Error| MessengerError::Rejected(format!("writing {}: {e}", dest.display()));
+    let mut file = tokio::fs::File::create(dest).await.map_err(io)?;
+    let mut chunks = shared.client().iter_download(media);
+    let mut written = 0u64;
+    while let Some(chunk) = shared.call(chunks.next()).await? {
+        file.write_all(&chunk).await.map_err(io)?;
+        written += chunk.len() as u64;
+    }
+    file.flush().await.map_err(io)?;
+    file.sync_all().await.map_err(io)?;
+    Ok(written)
+}
+
+/// New messages from Telegram, in order, with catch-up after restarts and outages.
+pub struct TelegramUpdates {
+    shared: Arc<Shared>,
+    /// The current pool; `None` only after a rebuild failed half-way.
+    link: Option<Link>,
+}
+
+impl TelegramUpdates {
+    /// Saves the update position and the session, then shuts the connections down. Used at
+    /// SIGTERM, so the next start resumes exactly after the last handled message.
+    pub async fn close(mut self) -> Result<(), TelegramError> {
+        let saved = self.save().await;
+        self.shared.client().disconnect();
+        // A stalled runner cannot hear the request to quit; dropping the link aborts it.
+        if let Some(link) = self
+            .link
+            .as_mut()
+            .filter(|_| !self.shared.stalled.load(Ordering::SeqCst))
+        {
+            let _ = tokio::time::timeout(CLOSE_GRACE, &mut link.runner).await;
+        }
+        saved
+    }
+
+    /// Writes the stream's update position into the session and the session to disk.
+    async fn save(&self) -> Result<(), TelegramError> {
+        if let Some(stream) = self.link.as_ref().map(|l| &l.stream) {
+            stream
+                .sync_update_state()
+                .await
+                .map_err(|e| MessengerError::Rejected(format!("session: {e}")))?;
+        }
+        self.shared.session.flush()?;
+        Ok(())
+    }
+
+    /// Replaces a stalled or dead pool by a new one that resumes from the saved position.
+    async fn rebuild(&mut self) -> Result<(), MessengerError> {
+        if let Err(e) = self.save().await {
+            log::warn!("saving the Telegram session before reconnecting: {e}");
+        }
+        // Stop the old pool before the new one uses the same session.
+        self.link = None;
+        self.shared.stalled.store(false, Ordering::SeqCst);
+        let pool = Pool::start(
+            &self.shared.session,
+            self.shared.api_id,
+            &self.shared.options,
+        );
+        let link = pool.stream(&self.shared).await.map_err(|e| match e {
+            TelegramError::Telegram(e) => e,
+            other => MessengerError::Network(other.to_string()),
+        })?;
+        self.link = Some(link);
+        Ok(())
+    }
+
+    fn needs_rebuild(&self) -> bool {
+        match &self.link {
+            None => true,
+            Some(link) => self.shared.stalled.load(Ordering::SeqCst) || link.runner.is_finished(),
+        }
+    }
+}
+
+impl Connection for TelegramUpdates {
+    /// Checks the connection with `users.getSelf` (which also refreshes the owner's name),
+    /// rebuilding the pool first if it stalled.
+    async fn connect(&mut self) -> Result<(), MessengerError> {
+        if self.needs_rebuild() {
+            self.rebuild().await?;
+        }
+        let client = self.shared.client();
+        let me = self.shared.call(client.get_me()).await?;
+        let mut owner = self.shared.owner.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(id) = me.id().bot_api_dialog_id() {
+            owner.id = id;
+        }
+        owner.name = me.full_name();
+        Ok(())
+    }
+
+    async fn next(&mut self) -> Result<Incoming, MessengerError> {
+        let shared = Arc::clone(&self.shared);
+        let stalled =
+            || MessengerError::Network("the connection stopped answering; reconnecting".into());
+        loop {
+            if shared.stalled.load(Ordering::SeqCst) {
+                return Err(stalled());
+            }
+            let Some(stream) = self.link.as_mut().map(|l| &mut l.stream) else {
+                return Err(MessengerError::Network("not connected".into()));
+            };
+            // grammers' `next` is safe to abandon between polls (at worst a difference request
+            // is sent again), which the probe and the stall notice rely on.
+            let update = {
+                let next = stream.next();
+                tokio::pin!(next);
+                loop {
+                    tokio::select! {
+                        update = &mut next => break update,
+                        _ = shared.stall_notice.notified() => {
+                            if shared.stalled.load(Ordering::SeqCst) {
+                                return Err(stalled());
+                            }
+                        }
+                        _ = tokio::time::sleep(shared.options.idle_probe) => {
+                            let client = shared.client();
+                            shared
+                                .call(client.invoke(&tl::functions::updates::GetState {}))
+                                .await?;
+                        }
+                    }
+                }
+            };
+            match update {
+                Ok(Update::NewMessage(message)) => {
+                    if let Some(incoming) = convert::incoming(&message, &shared.owner()) {
+                        return Ok(incoming);
+                    }
+                }
+                Ok(_) => {}
+                Err(e) => return Err(errors::classify(&e)),
+            }
+        }
+    }
+
+    async fn checkpoint(&mut self) -> Result<(), MessengerError> {
+        self.save().await.map_err(|e| match e {
+            TelegramError::Telegram(e) => e,
+            other => MessengerError::Rejected(other.to_string()),
+        })
+    }
+}

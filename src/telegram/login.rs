@@ -1,0 +1,233 @@
+//! Logging the owner's account in, once, on a terminal.
+//!
+//! The daemon runs unattended, so the login happens beforehand with `voice-transcriber login`:
+//! phone number, the code Telegram sends to the owner's other devices, and the cloud password
+//! when the account has one (read without echo). Two things are done after the login so the
+//! daemon starts right:
+//! - every dialog is listed once, which caches each chat's access hash in the session; grammers
+//!   can only recover missed updates (gaps) for chats it has cached;
+//! - the saved update position is set to "now", so the first `run` transcribes what arrives
+//!   from then on, not the account's history.
+
+use std::io::{self, BufRead, Write};
+use std::path::Path;
+use std::sync::Arc;
+
+use grammers_client::{Client, SignInError};
+use grammers_session::types::{UpdateState, UpdatesState};
+use grammers_session::Session;
+use grammers_tl_types as tl;
+
+use super::{within, FileSession, Pool, TelegramError, TelegramOptions, CLOSE_GRACE};
+use crate::messenger::MessengerError;
+
+/// Wrong codes or passwords accepted before giving up.
+const ATTEMPTS: usize = 3;
+
+/// Longest flood wait the dialog listing sleeps through; a longer one ends the login with an
+/// error (the login itself is saved by then; running `login` again later finishes the cache).
+const MAX_DIALOG_FLOOD_WAIT: std::time::Duration = std::time::Duration::from_secs(300);
+
+/// Logs in interactively and saves the session at `session_file` (mode 0600).
+///
+/// Already logged in: nothing is asked, the chat cache is refreshed, and the saved update
+/// position is kept (so messages that arrived meanwhile are still transcribed). Returns a
+/// summary such as "logged in as Ada Lovelace (@ada, id 123); 57 chats cached".
+pub async fn login(
+    api_id: i32,
+    api_hash: &str,
+    session_file: &Path,
+) -> Result<String, TelegramError> {
+    if let Some(dir) = session_file.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).map_err(|source| super::SessionError::Io {
+            path: dir.to_path_buf(),
+            source,
+        })?;
+    }
+    let session = Arc::new(
+        FileSession::load(session_file)?.unwrap_or_else(|| FileSession::new(session_file)),
+    );
+    let options = TelegramOptions::default();
+    let mut pool = Pool::start(&session, api_id, &options);
+    // Updates are not needed during the login; closing the channel tells grammers so.
+    pool.updates.close();
+
+    let outcome = run(&pool.client, &session, api_hash, &options).await;
+    let saved = session.flush();
+    pool.client.disconnect();
+    let _ = tokio::time::timeout(CLOSE_GRACE, &mut pool.runner).await;
+    pool.runner.abort();
+    let summary = outcome?;
+    saved?;
+    Ok(summary)
+}
+
+async fn run(
+    client: &Client,
+    session: &FileSession,
+    api_hash: &str,
+    options: &TelegramOptions,
+) -> Result<String, TelegramError> {
+    let t = options.request_timeout;
+    let already = within(t, client.is_authorized())
+        .await
+        .map_err(MessengerError::from)?;
+    if !already {
+        sign_in(client, api_hash, t).await?;
+        // Saved before anything else can fail: a completed login that is not written down
+        // is lost, and logins are rate-limited.
+        session.flush()?;
+    }
+    let chats = cache_dialogs(client, t).await?;
+    if !already {
+        start_updates_from_now(client, session, t).await?;
+    }
+    session.flush()?;
+
+    let me = within(t, client.get_me())
+        .await
+        .map_err(MessengerError::from)?;
+    let id = me.id().bot_api_dialog_id().unwrap_or_default();
+    let handle = me.username().map(|u| format!("@{u}, ")).unwrap_or_default();
+    let verb = if already {
+        "already logged in"
+    } else {
+        "logged in"
+    };
+    Ok(format!(
+        "{verb} as {} ({handle}id {id}); {chats} chats cached",
+        me.full_name()
+    ))
+}
+
+/// Phone, code, and password when the account has one.
+async fn sign_in(
+    client: &Client,
+    api_hash: &str,
+    t: std::time::Duration,
+) -> Result<(), TelegramError> {
+    let phone = ask("Phone number (international format, e.g. +44 7700 900123): ").await?;
+    let token = within(t, client.request_login_code(phone.trim(), api_hash))
+        .await
+        .map_err(MessengerError::from)?;
+    for attempt in 1..=ATTEMPTS {
+        let code = ask("Login code (sent to your Telegram apps): ").await?;
+        let answer = tokio::time::timeout(t, client.sign_in(&token, code.trim()))
+            .await
+            .map_err(|_| {
+                MessengerError::Network(format!("no answer from Telegram within {t:?}"))
+            })?;
+        let error = match answer {
+            Ok(_) => return Ok(()),
+            Err(SignInError::PasswordRequired(password_token)) => {
+                return check_password(client, password_token, t).await;
+            }
+            Err(SignInError::SignUpRequired) => return Err(TelegramError::SignUpRequired),
+            Err(SignInError::InvalidCode) => "that code is not valid".to_string(),
+            Err(SignInError::Other(e)) => return Err(super::errors::classify(&e).into()),
+            Err(other) => return Err(TelegramError::LoginFailed(other.to_string())),
+        };
+        eprintln!("{error} ({attempt}/{ATTEMPTS})");
+    }
+    Err(TelegramError::LoginFailed(format!(
+        "{ATTEMPTS} wrong login codes"
+    )))
+}
+
+async fn check_password(
+    client: &Client,
+    mut token: grammers_client::client::PasswordToken,
+    t: std::time::Duration,
+) -> Result<(), TelegramError> {
+    for attempt in 1..=ATTEMPTS {
+        let prompt = match token.hint() {
+            Some(hint) if !hint.is_empty() => format!("Cloud password (hint: {hint}): "),
+            _ => "Cloud password: ".to_string(),
+        };
+        let password = tokio::task::spawn_blocking(move || rpassword::prompt_password(prompt))
+            .await
+            .map_err(|e| TelegramError::Input(io::Error::other(e)))?
+            .map_err(TelegramError::Input)?;
+        let answer = tokio::time::timeout(
+            t,
+            client.check_password(token, password.trim_end_matches(['\r', '\n'])),
+        )
+        .await
+        .map_err(|_| MessengerError::Network(format!("no answer from Telegram within {t:?}")))?;
+        match answer {
+            Ok(_) => return Ok(()),
+            Err(SignInError::InvalidPassword(again)) => {
+                eprintln!("wrong password ({attempt}/{ATTEMPTS})");
+                token = again;
+            }
+            Err(SignInError::Other(e)) => return Err(super::errors::classify(&e).into()),
+            Err(other) => return Err(TelegramError::LoginFailed(other.to_string())),
+        }
+    }
+    Err(TelegramError::LoginFailed(format!(
+        "{ATTEMPTS} wrong passwords"
+    )))
+}
+
+/// Lists every dialog once so the session caches their access hashes; returns how many.
+async fn cache_dialogs(client: &Client, t: std::time::Duration) -> Result<usize, TelegramError> {
+    let mut dialogs = client.iter_dialogs();
+    let mut count = 0;
+    loop {
+        match within(t, dialogs.next())
+            .await
+            .map_err(MessengerError::from)
+        {
+            Ok(Some(_)) => count += 1,
+            Ok(None) => return Ok(count),
+            Err(MessengerError::FloodWait(wait)) if wait <= MAX_DIALOG_FLOOD_WAIT => {
+                eprintln!("Telegram asks to wait {wait:?} while listing chats…");
+                tokio::time::sleep(wait).await;
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+/// Saves the account's current update position, so catch-up starts now.
+async fn start_updates_from_now(
+    client: &Client,
+    session: &FileSession,
+    t: std::time::Duration,
+) -> Result<(), TelegramError> {
+    let tl::enums::updates::State::State(state) =
+        within(t, client.invoke(&tl::functions::updates::GetState {}))
+            .await
+            .map_err(MessengerError::from)?;
+    session
+        .set_update_state(UpdateState::All(UpdatesState {
+            pts: state.pts,
+            qts: state.qts,
+            date: state.date,
+            seq: state.seq,
+            channels: Vec::new(),
+        }))
+        .await?;
+    Ok(())
+}
+
+/// Prints `prompt` on stderr and reads one line from stdin (off the async thread).
+async fn ask(prompt: &str) -> Result<String, TelegramError> {
+    let prompt = prompt.to_string();
+    tokio::task::spawn_blocking(move || {
+        let mut err = io::stderr();
+        write!(err, "{prompt}")?;
+        err.flush()?;
+        let mut line = String::new();
+        if io::stdin().lock().read_line(&mut line)? == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "stdin closed before an answer was given",
+            ));
+        }
+        Ok(line)
+    })
+    .await
+    .map_err(|e| TelegramError::Input(io::Error::other(e)))?
+    .map_err(TelegramError::Input)
+}
