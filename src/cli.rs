@@ -17,6 +17,8 @@ use voice_transcriber::engine::{limit_process_threads, Engine, ThreadConfig};
 use voice_transcriber::output::{self, JsonRecord, OutputFormat};
 use voice_transcriber::{audio, mel};
 
+mod daemon;
+
 /// Model used when none is named.
 const DEFAULT_MODEL: &str = "tiny.en";
 
@@ -26,6 +28,9 @@ const DEFAULT_MODEL: &str = "tiny.en";
     about = "Transcribes Telegram voice messages locally with Whisper"
 )]
 struct Cli {
+    /// Configuration file [default: /etc/voice-transcriber/config.toml, if present].
+    #[arg(long, short = 'c', global = true, env = "VOICE_TRANSCRIBER_CONFIG")]
+    config: Option<PathBuf>,
     /// Directory holding installed models [default: <state dir>/models].
     #[arg(long, global = true, env = "VOICE_TRANSCRIBER_MODELS")]
     models_dir: Option<PathBuf>,
@@ -39,11 +44,28 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
+    /// Run the Telegram daemon (what the systemd unit starts).
+    Run {
+        /// Use a local directory in place of Telegram (tests, trials without an account).
+        #[arg(long, hide = true, value_name = "DIR")]
+        local_chat: Option<PathBuf>,
+    },
+    /// Log in to Telegram once, interactively; the session is saved in the state directory.
+    Login,
+    /// Check the configuration.
+    #[command(subcommand)]
+    Config(ConfigCommand),
     /// Transcribe audio files (OGG/Opus, WAV, MP3, FLAC, M4A/MP4).
     Transcribe(TranscribeArgs),
     /// List, download, import and locate models.
     #[command(subcommand)]
     Models(ModelsCommand),
+}
+
+#[derive(Subcommand, Debug)]
+enum ConfigCommand {
+    /// Validate the configuration and print it with secrets masked.
+    Check,
 }
 
 #[derive(clap::Args, Debug)]
@@ -188,14 +210,24 @@ fn default_state_dir() -> PathBuf {
 }
 
 impl Cli {
+    /// Flags, then the config file (if it can be read), then defaults. Commands that do not
+    /// need the daemon's configuration still honour its directories, but a broken config
+    /// file only warns here.
     fn catalog(&self) -> Catalog {
-        let dir = self.models_dir.clone().unwrap_or_else(|| {
-            self.state_dir
-                .clone()
-                .unwrap_or_else(default_state_dir)
-                .join("models")
+        let config = daemon::load_config(self.config.as_deref()).unwrap_or_else(|e| {
+            log::warn!("ignoring the configuration: {e}");
+            voice_transcriber::config::Config::default()
         });
-        Catalog::new(dir)
+        self.places(config).catalog
+    }
+
+    fn places(&self, config: voice_transcriber::config::Config) -> daemon::Places {
+        daemon::Places::resolve(
+            config,
+            self.state_dir.as_deref(),
+            self.models_dir.as_deref(),
+            default_state_dir,
+        )
     }
 }
 
@@ -203,8 +235,7 @@ impl Cli {
 pub fn run() -> ExitCode {
     let cli = Cli::parse();
     match dispatch(&cli) {
-        Ok(true) => ExitCode::SUCCESS,
-        Ok(false) => ExitCode::from(1),
+        Ok(code) => ExitCode::from(code),
         Err(e) => {
             eprintln!("error: {e:#}");
             ExitCode::from(2)
@@ -212,11 +243,36 @@ pub fn run() -> ExitCode {
     }
 }
 
-/// Returns `Ok(false)` when the command ran but some item failed.
-fn dispatch(cli: &Cli) -> Result<bool> {
+/// The exit status: 0, 1 when an item failed, or a daemon status.
+fn dispatch(cli: &Cli) -> Result<u8> {
+    let daemon_places = || match daemon::load_config(cli.config.as_deref()) {
+        Ok(config) => Ok(cli.places(config)),
+        Err(e) => {
+            eprintln!("error: {e}");
+            Err(daemon::EXIT_CONFIG)
+        }
+    };
     match &cli.command {
-        Command::Transcribe(args) => transcribe(cli, args),
-        Command::Models(cmd) => models(cli, cmd).map(|()| true),
+        Command::Transcribe(args) => transcribe(cli, args).map(|ok| u8::from(!ok)),
+        Command::Models(cmd) => models(cli, cmd).map(|()| 0),
+        Command::Run { local_chat } => match daemon_places() {
+            Ok(places) => daemon::run(places, local_chat.as_deref()),
+            Err(code) => Ok(code),
+        },
+        Command::Login => match daemon_places() {
+            Ok(places) => daemon::login(&places),
+            Err(code) => Ok(code),
+        },
+        Command::Config(ConfigCommand::Check) => match daemon_places() {
+            Ok(places) => {
+                let shown = cli
+                    .config
+                    .clone()
+                    .unwrap_or_else(|| PathBuf::from(voice_transcriber::config::DEFAULT_PATH));
+                Ok(daemon::check(&places, &shown))
+            }
+            Err(code) => Ok(code),
+        },
     }
 }
 

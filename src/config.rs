@@ -208,7 +208,10 @@ impl Config {
         }
         if let Some(hash) = &self.telegram.api_hash {
             if hash.len() != 32 || !hash.bytes().all(|b| b.is_ascii_hexdigit()) {
-                return Err(invalid("telegram.api_hash", "must be 32 hexadecimal digits"));
+                return Err(invalid(
+                    "telegram.api_hash",
+                    "must be 32 hexadecimal digits",
+                ));
             }
         }
         if self.model.trim().is_empty() {
@@ -217,7 +220,10 @@ impl Config {
         if !is_language_setting(&self.language) {
             return Err(invalid(
                 "language",
-                format!("{:?} is not a language code (e.g. en, ru) or auto", self.language),
+                format!(
+                    "{:?} is not a language code (e.g. en, ru) or auto",
+                    self.language
+                ),
             ));
         }
         let cores = available_cores();
@@ -227,7 +233,10 @@ impl Config {
         if let Some(&bad) = self.cores.iter().find(|&&c| c >= cores) {
             return Err(invalid(
                 "cores",
-                format!("core {bad} does not exist (this machine has cores 0–{})", cores - 1),
+                format!(
+                    "core {bad} does not exist (this machine has cores 0–{})",
+                    cores - 1
+                ),
             ));
         }
         if !(0..=19).contains(&self.nice) {
@@ -378,8 +387,9 @@ mod tests {
 
     #[test]
     fn masked_output_hides_the_hash_and_reparses() {
-        let c = load_text("[telegram]\napi_id = 5\napi_hash = \"0123456789abcdef0123456789abcdef\"")
-            .unwrap();
+        let c =
+            load_text("[telegram]\napi_id = 5\napi_hash = \"0123456789abcdef0123456789abcdef\"")
+                .unwrap();
         let shown = c.to_masked_toml();
         assert!(!shown.contains("0123456789abcdef0123"), "{shown}");
         assert!(shown.contains("0123…"), "{shown}");
@@ -392,6 +402,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("none.toml");
         assert_eq!(Config::load(&p, false).unwrap().model, "tiny.en");
-        assert!(Config::load(&p, true).unwrap_err().to_string().contains("none.toml"));
+        assert!(Config::load(&p, true)
+            .unwrap_err()
+            .to_string()
+            .contains("none.toml"));
     }
 }

@@ -16,15 +16,21 @@
 
 pub mod audio;
 pub mod catalog;
+pub mod commands;
 pub mod config;
 pub mod ct2;
+pub mod daemon;
 pub mod decode;
 pub mod engine;
 pub mod fsutil;
+pub mod inference;
+pub mod localchat;
 pub mod mel;
 pub mod messenger;
 pub mod model;
+pub mod notify;
 pub mod output;
+pub mod reply;
 pub mod shutdown;
 pub mod spool;
 pub mod state;

@@ -49,18 +49,20 @@ impl MediaKind {
 }
 
 /// Audio attached to a message.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Media {
     /// Voice, round video or audio file.
     pub kind: MediaKind,
     /// Duration Telegram reports, in seconds (0 when unknown).
+    #[serde(default)]
     pub duration_s: f64,
     /// Size in bytes (0 when unknown).
+    #[serde(default)]
     pub size: u64,
 }
 
 /// One message as the daemon sees it.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Incoming {
     /// Chat the message is in.
     pub chat: ChatId,
@@ -69,14 +71,19 @@ pub struct Incoming {
     /// Author's user id (`None` for channel posts and anonymous admins).
     pub sender: Option<UserId>,
     /// Author's display name, for logs and `/tracked`.
+    #[serde(default)]
     pub sender_name: String,
     /// True when the account owner wrote it (from any of the owner's devices).
+    #[serde(default)]
     pub outgoing: bool,
     /// Text or caption.
+    #[serde(default)]
     pub text: String,
     /// Audio the message carries, if any.
+    #[serde(default)]
     pub media: Option<Media>,
     /// The message this one replies to, in the same chat.
+    #[serde(default)]
     pub reply_to: Option<MsgId>,
 }
 
@@ -105,7 +112,10 @@ pub enum MessengerError {
 impl MessengerError {
     /// True when the same request may succeed later.
     pub fn is_transient(&self) -> bool {
-        matches!(self, MessengerError::FloodWait(_) | MessengerError::Network(_))
+        matches!(
+            self,
+            MessengerError::FloodWait(_) | MessengerError::Network(_)
+        )
     }
 }
 

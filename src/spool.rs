@@ -328,8 +328,14 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut s = Spool::open(dir.path()).unwrap();
         assert_eq!(s.add(key(1, 5), Origin::Auto, None).unwrap(), Added::New);
-        assert_eq!(s.add(key(-100, 2), Origin::Command, Some(9)).unwrap(), Added::New);
-        assert_eq!(s.add(key(1, 5), Origin::Auto, None).unwrap(), Added::Pending);
+        assert_eq!(
+            s.add(key(-100, 2), Origin::Command, Some(9)).unwrap(),
+            Added::New
+        );
+        assert_eq!(
+            s.add(key(1, 5), Origin::Auto, None).unwrap(),
+            Added::Pending
+        );
         let mut j = s.front().unwrap().clone();
         j.attempts = 1;
         s.update(&j).unwrap();

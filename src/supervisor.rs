@@ -315,7 +315,14 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_working_connection_resets_the_schedule() {
-        let connects = vec![Err(net()), Err(net()), Err(net()), Ok(()), Err(net()), Err(net())];
+        let connects = vec![
+            Err(net()),
+            Err(net()),
+            Err(net()),
+            Ok(()),
+            Err(net()),
+            Err(net()),
+        ];
         let mut conn = Scripted::new(connects, vec![Ok(msg(1)), Err(net())]);
         let mut backoff = Backoff::new(BASE_DELAY, MAX_DELAY, 0.0);
         let gaps = run_until_pending(&mut conn, &mut backoff).await;
@@ -378,7 +385,10 @@ mod tests {
         let mut seen = std::collections::HashSet::new();
         for nominal in [5.0, 10.0, 20.0, 40.0, 80.0, 160.0, 300.0, 300.0, 300.0] {
             let d = b.next_delay().as_secs_f64();
-            assert!((d - nominal).abs() <= nominal * JITTER + 1e-9, "{d} vs {nominal}");
+            assert!(
+                (d - nominal).abs() <= nominal * JITTER + 1e-9,
+                "{d} vs {nominal}"
+            );
             seen.insert((d * 1000.0) as u64);
         }
         assert!(seen.len() > 5, "jitter varies delays");

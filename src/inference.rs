@@ -1,0 +1,182 @@
+//! The inference thread: audio decoding and Whisper, away from the networking runtime.
+//!
+//! The daemon's tokio runtime has one thread, and it must keep answering Telegram's pings
+//! while an hour of audio is transcribed. So one plain OS thread owns the [`Engine`] (which
+//! fans work out to its own pool of pinned, lower-priority threads) and takes requests from a
+//! channel; answers and progress go back through tokio channels the runtime can await without
+//! blocking. Switching models happens here too: the new model loads while the old one is
+//! still in place, and replaces it only if loading worked.
+
+use std::path::PathBuf;
+use std::sync::mpsc as std_mpsc;
+use std::time::Instant;
+
+use tokio::sync::{mpsc, oneshot};
+
+use crate::catalog::{Catalog, CatalogError};
+use crate::decode::Options;
+use crate::engine::{Engine, EngineError, ThreadConfig};
+
+/// A finished transcription.
+#[derive(Debug, Clone)]
+pub struct Outcome {
+    /// The whole text.
+    pub text: String,
+    /// Language used.
+    pub language: String,
+    /// Length of the audio, seconds.
+    pub audio_s: f64,
+    /// Time spent decoding and transcribing, seconds.
+    pub elapsed_s: f64,
+}
+
+/// What the loaded model is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ModelInfo {
+    /// Name as installed.
+    pub name: String,
+    /// False for English-only models.
+    pub multilingual: bool,
+}
+
+/// Why a model could not be started.
+#[derive(Debug, thiserror::Error)]
+pub enum InferenceError {
+    #[error(transparent)]
+    Catalog(#[from] CatalogError),
+    #[error(transparent)]
+    Engine(#[from] EngineError),
+}
+
+enum Request {
+    Transcribe {
+        audio: PathBuf,
+        opts: Options,
+        progress: mpsc::UnboundedSender<(f64, String)>,
+        done: oneshot::Sender<Result<Outcome, String>>,
+    },
+    Load {
+        name: String,
+        done: oneshot::Sender<Result<ModelInfo, String>>,
+    },
+}
+
+/// Handle on the inference thread. Dropping it ends the thread after the request in hand.
+pub struct Inference {
+    tx: std_mpsc::Sender<Request>,
+    /// Threads and cores in use.
+    pub threads: ThreadConfig,
+}
+
+impl Inference {
+    /// Loads `model` from `catalog` (blocking) and starts the thread that owns it.
+    pub fn start(
+        catalog: Catalog,
+        model: &str,
+        threads: ThreadConfig,
+    ) -> Result<(Self, ModelInfo), InferenceError> {
+        let engine = load(&catalog, model, &threads)?;
+        let info = info(&engine);
+        let (tx, rx) = std_mpsc::channel();
+        let config = threads.clone();
+        std::thread::Builder::new()
+            .name("inference".into())
+            .spawn(move || serve(engine, catalog, config, rx))
+            .map_err(|e| EngineError::Threads {
+                threads: threads.threads,
+                reason: e.to_string(),
+            })?;
+        Ok((Self { tx, threads }, info))
+    }
+
+    /// Decodes and transcribes the file at `audio`; each finished segment's end time and text
+    /// are sent to `progress` as they come.
+    pub async fn transcribe(
+        &self,
+        audio: PathBuf,
+        opts: Options,
+        progress: mpsc::UnboundedSender<(f64, String)>,
+    ) -> Result<Outcome, String> {
+        let (done, rx) = oneshot::channel();
+        self.tx
+            .send(Request::Transcribe {
+                audio,
+                opts,
+                progress,
+                done,
+            })
+            .map_err(|_| "the inference thread has stopped".to_string())?;
+        rx.await
+            .map_err(|_| "the inference thread has stopped".to_string())?
+    }
+
+    /// Loads another model; the current one stays if this fails.
+    pub async fn load(&self, name: &str) -> Result<ModelInfo, String> {
+        let (done, rx) = oneshot::channel();
+        self.tx
+            .send(Request::Load {
+                name: name.to_string(),
+                done,
+            })
+            .map_err(|_| "the inference thread has stopped".to_string())?;
+        rx.await
+            .map_err(|_| "the inference thread has stopped".to_string())?
+    }
+}
+
+fn load(catalog: &Catalog, model: &str, threads: &ThreadConfig) -> Result<Engine, InferenceError> {
+    let (dir, name) = catalog.resolve(model)?;
+    Ok(Engine::load(&dir, &name, threads.clone())?)
+}
+
+fn info(engine: &Engine) -> ModelInfo {
+    ModelInfo {
+        name: engine.name().to_string(),
+        multilingual: engine.is_multilingual(),
+    }
+}
+
+fn serve(
+    mut engine: Engine,
+    catalog: Catalog,
+    threads: ThreadConfig,
+    rx: std_mpsc::Receiver<Request>,
+) {
+    while let Ok(request) = rx.recv() {
+        match request {
+            Request::Transcribe {
+                audio,
+                opts,
+                progress,
+                done,
+            } => {
+                let start = Instant::now();
+                let result = crate::audio::decode_file(&audio)
+                    .map_err(|e| e.to_string())
+                    .and_then(|samples| {
+                        let audio_s = samples.len() as f64 / crate::audio::SAMPLE_RATE as f64;
+                        engine
+                            .transcribe(&samples, &opts, |s| {
+                                let _ = progress.send((s.end, s.text.trim().to_string()));
+                            })
+                            .map(|t| Outcome {
+                                text: t.transcript.text(),
+                                language: t.transcript.language,
+                                audio_s,
+                                elapsed_s: start.elapsed().as_secs_f64(),
+                            })
+                            .map_err(|e| e.to_string())
+                    });
+                let _ = done.send(result);
+            }
+            Request::Load { name, done } => {
+                // Two models in memory for a moment is the price of never being without one.
+                let result = load(&catalog, &name, &threads).map(|new| {
+                    engine = new;
+                    info(&engine)
+                });
+                let _ = done.send(result.map_err(|e| e.to_string()));
+            }
+        }
+    }
+}
