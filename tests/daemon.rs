@@ -585,3 +585,81 @@ fn configuration_problems_are_reported_with_their_key_and_exit_code() {
     );
     assert!(shown.contains("model tiny.en: installed"), "{shown}");
 }
+
+/// The real Telegram client inside the real daemon, aimed at loopback endpoints that refuse
+/// connections or accept and hang up: it keeps trying on the backoff schedule, never dies,
+/// and still stops cleanly.
+#[test]
+fn the_daemon_rides_out_endpoints_that_refuse_or_hang_up() {
+    use std::net::{Ipv4Addr, SocketAddrV4, TcpListener};
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+
+    let hangup = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let count = Arc::clone(&accepted);
+    let hangup_addr = hangup.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for s in hangup.incoming() {
+            count.fetch_add(1, Ordering::SeqCst);
+            drop(s);
+        }
+    });
+    // A port that was just free: nothing listens, connections are refused.
+    let refused_addr = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
+        .unwrap()
+        .local_addr()
+        .unwrap();
+
+    let mut bots = Vec::new();
+    for addr in [hangup_addr, refused_addr] {
+        let bot = Bot::new(
+            "[telegram]\napi_id = 12345\napi_hash = \"0123456789abcdef0123456789abcdef\"\n",
+        );
+        let std::net::SocketAddr::V4(v4) = addr else {
+            unreachable!()
+        };
+        std::fs::create_dir_all(&bot.state).unwrap();
+        voice_transcriber::telegram::point_session_at(
+            &voice_transcriber::telegram::session_path(&bot.state),
+            SocketAddrV4::new(*v4.ip(), v4.port()),
+            [7u8; 256],
+        )
+        .unwrap();
+        let log = std::fs::File::create(bot.chat.join("daemon.log")).unwrap();
+        let child = Command::new(common::bin())
+            .arg("run")
+            .arg("--config")
+            .arg(&bot.config)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        bots.push((bot, child));
+    }
+    // Attempts start at 0, 5 and 15 s (±10 %), each taking about a second (grammers retries
+    // an I/O error once after 1 s): three have failed by 24 s.
+    std::thread::sleep(Duration::from_secs(24));
+    for (mut bot, mut child) in bots {
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "daemon died:\n{}",
+            bot.log()
+        );
+        let log = bot.log();
+        let failures = log.matches("connection attempt failed").count();
+        assert!(failures >= 3, "three or more attempts:\n{log}");
+        assert!(
+            log.contains("reconnecting in 5.") || log.contains("reconnecting in 4."),
+            "{log}"
+        );
+        bot.child = Some(child);
+        assert_eq!(bot.stop().code(), Some(0), "{}", bot.log());
+    }
+    assert!(
+        accepted.load(Ordering::SeqCst) >= 3,
+        "real TCP connections were made"
+    );
+}
