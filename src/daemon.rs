@@ -364,10 +364,12 @@ impl Daemon {
                 )
             }
             Command::Model(Some(name)) => {
-                if let Err(e) = self.catalog.resolve(&name) {
+                let installed = self.catalog.resolve(&name).is_ok();
+                if let (false, Err(e)) = (installed, crate::catalog::lookup(&name)) {
                     format!("/model {name}: {e}")
                 } else {
-                    self.answer(tg, m, &format!("/model {name}: loading…"))
+                    let doing = if installed { "loading" } else { "downloading" };
+                    self.answer(tg, m, &format!("/model {name}: {doing}…"))
                         .await;
                     // Loading takes seconds; the receiver goes on meanwhile.
                     let (this, tg, m) = (Rc::clone(self), tg.clone(), m.clone());

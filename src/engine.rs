@@ -181,6 +181,10 @@ pub fn load_transcriber(dir: &Path, name: &str) -> Result<Transcriber, EngineErr
     let tokenizer = WhisperTokenizer::load(&tokenizer_path(dir)?)?;
     let config = ModelConfig::load(dir)?;
     let weights = Weights::load(dir, format)?;
+    log::info!(
+        "model {name}: {:.1} MB of weights in memory",
+        weights.bytes() as f64 / 1e6
+    );
     let model = Whisper::new(&weights).map_err(|source| EngineError::Model {
         path: dir.join(format.file_name()),
         source,

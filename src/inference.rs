@@ -125,7 +125,16 @@ impl Inference {
 }
 
 fn load(catalog: &Catalog, model: &str, threads: &ThreadConfig) -> Result<Engine, InferenceError> {
-    let (dir, name) = catalog.resolve(model)?;
+    let (dir, name) = match catalog.resolve(model) {
+        // A known model that is not here yet is downloaded first (on this thread, never on
+        // the networking one).
+        Err(CatalogError::NotInstalled { .. }) if crate::catalog::lookup(model).is_ok() => {
+            log::info!("model {model} is not installed; downloading it");
+            catalog.fetch(model)?;
+            catalog.resolve(model)?
+        }
+        other => other?,
+    };
     Ok(Engine::load(&dir, &name, threads.clone())?)
 }
 

@@ -80,6 +80,21 @@ impl Weights {
         candle_core::Error::Msg(format!("weight {name} is missing"))
     }
 
+    /// Bytes the weights occupy in memory.
+    pub fn bytes(&self) -> usize {
+        let floats: usize = self
+            .tensors
+            .values()
+            .map(|t| t.elem_count() * t.dtype().size_in_bytes())
+            .sum();
+        let quantized: usize = self
+            .qtensors
+            .values()
+            .map(|q| q.storage_size_in_bytes())
+            .sum();
+        floats + quantized
+    }
+
     /// True when `name` exists in either form.
     pub fn contains(&self, name: &str) -> bool {
         self.tensors.contains_key(name) || self.qtensors.contains_key(name)

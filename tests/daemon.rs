@@ -663,3 +663,37 @@ fn the_daemon_rides_out_endpoints_that_refuse_or_hang_up() {
         "real TCP connections were made"
     );
 }
+
+#[test]
+fn the_model_switches_at_runtime_and_the_choice_survives_a_restart() {
+    common::model_dir("base");
+    let mut bot = Bot::new("");
+    bot.start();
+    bot.text(1, OWNER, "/model nosuch", None);
+    bot.text(2, OWNER, "/model base", None);
+    bot.text(3, OWNER, "/lang ru", None);
+    let out = bot.wait_for(120, "model switch", |o| {
+        last_edit(o, 2).is_some_and(|t| t.contains('✓')) && last_edit(o, 3).is_some()
+    });
+    assert!(
+        last_edit(&out, 1).unwrap().contains("unknown model"),
+        "{out:?}"
+    );
+    assert!(last_edit(&out, 2).unwrap().contains("model: base ✓"));
+    // /lang ru may have been handled before or after the switch finished; set it again.
+    bot.text(4, OWNER, "/lang ru", None);
+    bot.wait_for(60, "/lang", |o| {
+        last_edit(o, 4).is_some_and(|t| t.contains("ru ✓"))
+    });
+    assert_eq!(bot.stop().code(), Some(0));
+
+    bot.start();
+    bot.text(5, OWNER, "/status", None);
+    let out = bot.wait_for(120, "status after restart", |o| last_edit(o, 5).is_some());
+    let status = last_edit(&out, 5).unwrap();
+    assert!(
+        status.contains("model base") && status.contains("language ru"),
+        "{status}"
+    );
+    assert_eq!(bot.stop().code(), Some(0));
+}
