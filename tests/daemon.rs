@@ -697,3 +697,30 @@ fn the_model_switches_at_runtime_and_the_choice_survives_a_restart() {
     );
     assert_eq!(bot.stop().code(), Some(0));
 }
+
+#[test]
+fn a_message_delivered_twice_is_answered_once() {
+    let mut bot = Bot::new("");
+    bot.start();
+    bot.text(1, OWNER, "/track 111", None);
+    bot.voice(2, ANN, &jfk(), 11.0);
+    bot.wait_for(120, "first answer", |o| !replies_to(o, 2).is_empty());
+    // Telegram's catch-up can hand the same update over again, here after the job finished…
+    bot.voice(2, ANN, &jfk(), 11.0);
+    // …and while the spool still holds it.
+    bot.voice(3, ANN, &jfk(), 11.0);
+    bot.voice(3, ANN, &jfk(), 11.0);
+    bot.text(4, OWNER, "/status", None);
+    let out = bot.wait_for(120, "second voice", |o| {
+        !replies_to(o, 3).is_empty() && last_edit(o, 4).is_some()
+    });
+    std::thread::sleep(Duration::from_secs(3));
+    let out = if bot.outbox().len() > out.len() {
+        bot.outbox()
+    } else {
+        out
+    };
+    assert_eq!(replies_to(&out, 2).len(), 1, "{out:#?}");
+    assert_eq!(replies_to(&out, 3).len(), 1, "{out:#?}");
+    assert_eq!(bot.stop().code(), Some(0));
+}

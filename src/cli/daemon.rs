@@ -115,22 +115,49 @@ fn runtime() -> Result<tokio::runtime::Runtime> {
 /// `login`: interactive, on a terminal.
 pub fn login(places: &Places) -> Result<u8> {
     use std::io::IsTerminal;
-    let (api_id, api_hash) = match places.config.credentials() {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return Ok(EXIT_CONFIG);
-        }
-    };
     if !std::io::stdin().is_terminal() {
         eprintln!("error: login asks for a phone number and a code; run it on a terminal");
         return Ok(2);
     }
+    let mut config = places.config.clone();
+    let asked = config.telegram.api_id.is_none() || config.telegram.api_hash.is_none();
+    if asked {
+        eprintln!("API credentials of your Telegram application (https://my.telegram.org):");
+        if config.telegram.api_id.is_none() {
+            let id = ask("api_id: ")?;
+            config.telegram.api_id = Some(id.trim().parse().context("api_id must be a number")?);
+        }
+        if config.telegram.api_hash.is_none() {
+            config.telegram.api_hash = Some(ask("api_hash: ")?.trim().to_string());
+        }
+        if let Err(e) = config.validate() {
+            eprintln!("error: {e}");
+            return Ok(EXIT_CONFIG);
+        }
+    }
+    let (api_id, api_hash) = config.credentials()?;
     let session = telegram::session_path(&places.state_dir);
     let summary = runtime()?.block_on(telegram::login(api_id, &api_hash, &session))?;
     println!("{summary}");
     println!("session saved to {}", session.display());
+    if asked {
+        println!(
+            "`run` needs the api_id too: put `api_id = {api_id}` under [telegram] in the config file (or set TG_API_ID)"
+        );
+    }
     Ok(0)
+}
+
+/// Prints `prompt` and reads one line from the terminal.
+fn ask(prompt: &str) -> Result<String> {
+    use std::io::{BufRead, Write};
+    eprint!("{prompt}");
+    std::io::stderr().flush()?;
+    let mut line = String::new();
+    if std::io::stdin().lock().read_line(&mut line)? == 0 {
+        anyhow::bail!("no answer (end of input)");
+    }
+    Ok(line)
 }
 
 /// `run`: the daemon, until a signal or a lost login.
