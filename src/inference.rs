@@ -76,6 +76,7 @@ impl Inference {
         threads: ThreadConfig,
     ) -> Result<(Self, ModelInfo), InferenceError> {
         let engine = load(&catalog, model, &threads)?;
+        release_free_memory();
         let info = info(&engine);
         let (tx, rx) = std_mpsc::channel();
         let config = threads.clone();
@@ -152,40 +153,56 @@ fn serve(
     rx: std_mpsc::Receiver<Request>,
 ) {
     while let Ok(request) = rx.recv() {
-        match request {
-            Request::Transcribe {
-                audio,
-                opts,
-                progress,
-                done,
-            } => {
-                let start = Instant::now();
-                let result = crate::audio::decode_file(&audio)
-                    .map_err(|e| e.to_string())
-                    .and_then(|samples| {
-                        let audio_s = samples.len() as f64 / crate::audio::SAMPLE_RATE as f64;
-                        engine
-                            .transcribe(&samples, &opts, |s| {
-                                let _ = progress.send((s.end, s.text.trim().to_string()));
-                            })
-                            .map(|t| Outcome {
-                                text: t.transcript.text(),
-                                language: t.transcript.language,
-                                audio_s,
-                                elapsed_s: start.elapsed().as_secs_f64(),
-                            })
-                            .map_err(|e| e.to_string())
-                    });
-                let _ = done.send(result);
-            }
-            Request::Load { name, done } => {
-                // Two models in memory for a moment is the price of never being without one.
-                let result = load(&catalog, &name, &threads).map(|new| {
-                    engine = new;
-                    info(&engine)
+        handle(&mut engine, &catalog, &threads, request);
+        release_free_memory();
+    }
+}
+
+/// Hands the heap memory freed by a finished job (decoded audio, activations, a replaced
+/// model) back to the system. glibc keeps freed memory in per-thread arenas, so without this
+/// an idle daemon would stay as large as its largest job.
+fn release_free_memory() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: malloc_trim only walks the allocator's own free lists.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
+fn handle(engine: &mut Engine, catalog: &Catalog, threads: &ThreadConfig, request: Request) {
+    match request {
+        Request::Transcribe {
+            audio,
+            opts,
+            progress,
+            done,
+        } => {
+            let start = Instant::now();
+            let result = crate::audio::decode_file(&audio)
+                .map_err(|e| e.to_string())
+                .and_then(|samples| {
+                    let audio_s = samples.len() as f64 / crate::audio::SAMPLE_RATE as f64;
+                    engine
+                        .transcribe(&samples, &opts, |s| {
+                            let _ = progress.send((s.end, s.text.trim().to_string()));
+                        })
+                        .map(|t| Outcome {
+                            text: t.transcript.text(),
+                            language: t.transcript.language,
+                            audio_s,
+                            elapsed_s: start.elapsed().as_secs_f64(),
+                        })
+                        .map_err(|e| e.to_string())
                 });
-                let _ = done.send(result.map_err(|e| e.to_string()));
-            }
+            let _ = done.send(result);
+        }
+        Request::Load { name, done } => {
+            // Two models in memory for a moment is the price of never being without one.
+            let result = load(catalog, &name, threads).map(|new| {
+                *engine = new;
+                info(engine)
+            });
+            let _ = done.send(result.map_err(|e| e.to_string()));
         }
     }
 }
