@@ -576,6 +576,7 @@ impl Transcriber {
                 prompt_reset_since = all_tokens.len();
             }
         }
+        self.model.decoder.release();
         Ok(Transcript { language, segments })
     }
 }

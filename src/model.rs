@@ -322,6 +322,15 @@ impl Decoder {
         Ok(())
     }
 
+    /// Drops the audio window's cross-attention keys/values and the token caches, so an idle
+    /// model holds only its weights.
+    pub fn release(&mut self) {
+        for l in &mut self.layers {
+            l.audio_kv = None;
+        }
+        self.reset();
+    }
+
     /// Forgets decoded tokens (keeps the audio window).
     pub fn reset(&mut self) {
         for l in &mut self.layers {
