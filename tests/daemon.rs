@@ -496,6 +496,27 @@ fn speaks_the_systemd_notify_protocol() {
         got.iter().any(|m| m.contains("STATUS=connected")),
         "{got:?}"
     );
+    // A long transcription runs on its own threads: the runtime keeps pinging meanwhile.
+    bot.text(1, OWNER, "/track 111", None);
+    let clip = common::eval_dir().join("opus/en_ljspeech_001_011.ogg");
+    bot.voice(2, ANN, &clip, 75.2);
+    bot.wait_for(60, "placeholder", |o| !replies_to(o, 2).is_empty());
+    let during = collect(&sock, 3.0, |_| false);
+    let finished = |o: &[Sent]| {
+        replies_to(o, 2)
+            .first()
+            .and_then(|(id, _)| last_edit(o, *id))
+            .is_some_and(|t| !t.contains('⏳'))
+    };
+    assert!(
+        !finished(&bot.outbox()),
+        "still transcribing while pings were counted"
+    );
+    let pings = count(&during, "WATCHDOG=1");
+    assert!(
+        (4..=8).contains(&pings),
+        "pings during a transcription: {during:?}"
+    );
     bot.signal(nix::sys::signal::Signal::SIGTERM);
     let got = collect(&sock, 20.0, |g| count(g, "STOPPING=1") > 0);
     assert!(count(&got, "STOPPING=1") == 1, "{got:?}");
