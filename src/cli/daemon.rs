@@ -10,10 +10,11 @@ use std::rc::Rc;
 
 use anyhow::{Context, Result};
 
-use voice_transcriber::catalog::Catalog;
+use voice_transcriber::catalog::{Catalog, CatalogError};
 use voice_transcriber::config::{self, Config};
 use voice_transcriber::daemon::{Daemon, Exit};
 use voice_transcriber::engine::limit_process_threads;
+use voice_transcriber::inference::InferenceError;
 use voice_transcriber::notify::Notifier;
 use voice_transcriber::telegram::{self, TelegramError};
 use voice_transcriber::{localchat, shutdown};
@@ -179,8 +180,9 @@ pub fn run(places: Places, local_chat: Option<&Path>) -> Result<u8> {
             Some(dir) => {
                 let (tg, mut updates) = localchat::open(dir)
                     .with_context(|| format!("local chat {}", dir.display()))?;
-                let Some(daemon) = start(config, state_dir, catalog) else {
-                    return Ok(EXIT_CONFIG);
+                let daemon = match start(config, state_dir, catalog) {
+                    Ok(d) => d,
+                    Err(code) => return Ok(code),
                 };
                 daemon.run(&mut updates, tg, &notifier, &trigger, stop).await
             }
@@ -201,8 +203,9 @@ pub fn run(places: Places, local_chat: Option<&Path>) -> Result<u8> {
                     }
                     Err(e) => return Err(e.into()),
                 };
-                let Some(daemon) = start(config, state_dir, catalog) else {
-                    return Ok(EXIT_CONFIG);
+                let daemon = match start(config, state_dir, catalog) {
+                    Ok(d) => d,
+                    Err(code) => return Ok(code),
                 };
                 let exit = daemon.run(&mut updates, tg, &notifier, &trigger, stop).await;
                 if let Err(e) = updates.close().await {
@@ -226,15 +229,24 @@ pub fn run(places: Places, local_chat: Option<&Path>) -> Result<u8> {
     })
 }
 
-/// Loads state, spool and model; `None` (after saying why) when that cannot work.
-fn start(config: Config, state_dir: PathBuf, catalog: Catalog) -> Option<Rc<Daemon>> {
-    match Daemon::open(config, state_dir, catalog) {
-        Ok(d) => Some(Rc::new(d)),
-        Err(e) => {
+/// Loads state, spool and model. On failure, says why and gives the exit status: a model
+/// download that failed (the network may not be up yet after a boot) is worth a restart;
+/// anything else (missing model, unreadable state directory) needs the owner.
+fn start(config: Config, state_dir: PathBuf, catalog: Catalog) -> Result<Rc<Daemon>, u8> {
+    Daemon::open(config, state_dir, catalog)
+        .map(Rc::new)
+        .map_err(|e| {
             eprintln!("error: {e:#}");
-            None
-        }
-    }
+            let download = matches!(
+                e.downcast_ref::<InferenceError>(),
+                Some(InferenceError::Catalog(CatalogError::Download { .. }))
+            );
+            if download {
+                2
+            } else {
+                EXIT_CONFIG
+            }
+        })
 }
 
 /// First SIGTERM/SIGINT: stop taking work and shut down cleanly. Second: exit at once (the
