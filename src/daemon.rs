@@ -115,43 +115,15 @@ impl From<SpoolError> for JobError {
 }
 
 impl Daemon {
-    /// Assembles the daemon from loaded parts (see [`Daemon::open`]).
-    pub fn new(
-        config: Config,
-        state_dir: PathBuf,
-        catalog: Catalog,
-        inference: Inference,
-        model: ModelInfo,
-    ) -> Result<Self, anyhow::Error> {
+    /// Loads state, spool and the model (state's choice, else the config's), blocking.
+    pub fn open(config: Config, state_dir: PathBuf, catalog: Catalog) -> anyhow::Result<Self> {
+        std::fs::create_dir_all(&state_dir)
+            .map_err(|e| anyhow::anyhow!("{}: {e}", state_dir.display()))?;
         let state_path = State::path(&state_dir);
         let state = State::load(&state_path)?;
         let spool = Spool::open(&state_dir)?;
         let tmp_dir = state_dir.join("tmp");
         std::fs::create_dir_all(&tmp_dir)?;
-        Ok(Self {
-            config,
-            state: RefCell::new(state),
-            state_path,
-            spool: RefCell::new(spool),
-            tmp_dir,
-            catalog,
-            inference,
-            model: RefCell::new(model),
-            link: RefCell::new(Link::default()),
-            stats: RefCell::new(Stats::default()),
-            started: Instant::now(),
-            wake: Notify::new(),
-            busy: Cell::new(false),
-            sent: RefCell::new(VecDeque::new()),
-            fatal: RefCell::new(None),
-        })
-    }
-
-    /// Loads state, spool and the model (state's choice, else the config's), blocking.
-    pub fn open(config: Config, state_dir: PathBuf, catalog: Catalog) -> anyhow::Result<Self> {
-        std::fs::create_dir_all(&state_dir)
-            .map_err(|e| anyhow::anyhow!("{}: {e}", state_dir.display()))?;
-        let state = State::load(&State::path(&state_dir))?;
         let threads = crate::engine::ThreadConfig {
             threads: config.effective_threads(),
             cores: config.cores.clone(),
@@ -169,7 +141,23 @@ impl Daemon {
             }
             Err(e) => return Err(e.into()),
         };
-        Self::new(config, state_dir, catalog, inference, model)
+        Ok(Self {
+            config,
+            state: RefCell::new(state),
+            state_path,
+            spool: RefCell::new(spool),
+            tmp_dir,
+            catalog,
+            inference,
+            model: RefCell::new(model),
+            link: RefCell::new(Link::default()),
+            stats: RefCell::new(Stats::default()),
+            started: Instant::now(),
+            wake: Notify::new(),
+            busy: Cell::new(false),
+            sent: RefCell::new(VecDeque::new()),
+            fatal: RefCell::new(None),
+        })
     }
 
     /// Jobs waiting.
