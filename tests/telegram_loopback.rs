@@ -74,9 +74,14 @@ fn refusing_addr() -> SocketAddrV4 {
     addr
 }
 
-/// Opens a session aimed at `addr` and calls `connect()` once inside a current-thread runtime
-/// with a LocalSet, as the daemon does. Returns the result and how long it took.
-fn connect_once(session_file: &Path, addr: SocketAddrV4) -> (Result<(), MessengerError>, Duration) {
+/// Aims the session at `addr`, opens the link with this test's deadlines inside a
+/// current-thread runtime with a LocalSet (as the daemon runs), and hands the update stream to
+/// `body`.
+fn with_updates<T>(
+    session_file: &Path,
+    addr: SocketAddrV4,
+    body: impl AsyncFnOnce(telegram::TelegramUpdates) -> T,
+) -> T {
     telegram::point_session_at(session_file, addr, [0x5a; 256]).unwrap();
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -88,9 +93,16 @@ fn connect_once(session_file: &Path, addr: SocketAddrV4) -> (Result<(), Messenge
             request_timeout: REQUEST_TIMEOUT,
             ..TelegramOptions::default()
         };
-        let (_telegram, mut updates) = telegram::open_with(API_ID, session_file, options)
+        let (_telegram, updates) = telegram::open_with(API_ID, session_file, options)
             .await
             .expect("a session aimed at loopback opens without network");
+        body(updates).await
+    })
+}
+
+/// Calls `connect()` once on a link aimed at `addr`. Returns the result and how long it took.
+fn connect_once(session_file: &Path, addr: SocketAddrV4) -> (Result<(), MessengerError>, Duration) {
+    with_updates(session_file, addr, async |mut updates| {
         let started = Instant::now();
         let result = tokio::time::timeout(BOUND, updates.connect())
             .await
@@ -151,20 +163,7 @@ fn silent_server_times_out_as_a_network_error_and_reconnect_starts_over() {
 
     // A second attempt in the same process must not queue behind the frozen pool: it builds
     // a new one, which connects again (and times out again against the same silent server).
-    telegram::point_session_at(&session, server.addr, [0x5a; 256]).unwrap();
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    let local = tokio::task::LocalSet::new();
-    local.block_on(&runtime, async {
-        let options = TelegramOptions {
-            request_timeout: REQUEST_TIMEOUT,
-            ..TelegramOptions::default()
-        };
-        let (_telegram, mut updates) = telegram::open_with(API_ID, &session, options)
-            .await
-            .unwrap();
+    with_updates(&session, server.addr, async |mut updates| {
         for attempt in 1..=2 {
             let result = tokio::time::timeout(BOUND, updates.connect())
                 .await
