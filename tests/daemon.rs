@@ -660,9 +660,19 @@ fn the_daemon_rides_out_endpoints_that_refuse_or_hang_up() {
             .unwrap();
         bots.push((bot, child));
     }
-    // Attempts start at 0, 5 and 15 s (±10 %), each taking about a second (grammers retries
-    // an I/O error once after 1 s): three have failed by 24 s.
-    std::thread::sleep(Duration::from_secs(24));
+    // Attempts start at 0, 5 and 15 s (±10 %) after the model has loaded, each taking about a
+    // second (grammers retries an I/O error once after 1 s).
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while bots
+        .iter()
+        .any(|(bot, _)| bot.log().matches("connection attempt failed").count() < 3)
+    {
+        assert!(
+            Instant::now() < deadline,
+            "fewer than three attempts in 120 s"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
     for (mut bot, mut child) in bots {
         assert!(
             child.try_wait().unwrap().is_none(),
