@@ -98,30 +98,32 @@ impl Inference {
         opts: Options,
         progress: mpsc::UnboundedSender<(f64, String)>,
     ) -> Result<Outcome, String> {
-        let (done, rx) = oneshot::channel();
-        self.tx
-            .send(Request::Transcribe {
-                audio,
-                opts,
-                progress,
-                done,
-            })
-            .map_err(|_| "the inference thread has stopped".to_string())?;
-        rx.await
-            .map_err(|_| "the inference thread has stopped".to_string())?
+        self.ask(|done| Request::Transcribe {
+            audio,
+            opts,
+            progress,
+            done,
+        })
+        .await
     }
 
     /// Loads another model; the current one stays if this fails.
     pub async fn load(&self, name: &str) -> Result<ModelInfo, String> {
+        let name = name.to_string();
+        self.ask(|done| Request::Load { name, done }).await
+    }
+
+    /// Sends one request to the inference thread and waits for its answer.
+    async fn ask<T>(
+        &self,
+        request: impl FnOnce(oneshot::Sender<Result<T, String>>) -> Request,
+    ) -> Result<T, String> {
+        let stopped = |_| "the inference thread has stopped".to_string();
         let (done, rx) = oneshot::channel();
         self.tx
-            .send(Request::Load {
-                name: name.to_string(),
-                done,
-            })
-            .map_err(|_| "the inference thread has stopped".to_string())?;
-        rx.await
-            .map_err(|_| "the inference thread has stopped".to_string())?
+            .send(request(done))
+            .map_err(|e| stopped(e.to_string()))?;
+        rx.await.map_err(|e| stopped(e.to_string()))?
     }
 }
 
