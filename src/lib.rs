@@ -6,7 +6,8 @@
 //!   16 kHz mono `f32` samples.
 //! - [`mel`]: samples → Whisper's log-mel spectrogram, one 30 s window at a time.
 //! - [`ct2`], [`weights`]: model directories in three formats → named tensors.
-//! - [`model`]: the Whisper encoder/decoder network on candle.
+//! - [`model`]: the Whisper encoder/decoder network on candle, with [`kernels`] for attention
+//!   and GELU.
 //! - [`tokenizer`]: token ids ↔ text and the special tokens.
 //! - [`decode`]: the long-form decoding loop (timestamps, fallback, no-speech) → segments.
 //! - [`engine`]: loads a model and runs transcriptions on its own bounded thread pool.
@@ -24,6 +25,7 @@ pub mod decode;
 pub mod engine;
 pub mod fsutil;
 pub mod inference;
+pub mod kernels;
 pub mod localchat;
 pub mod mel;
 pub mod messenger;

@@ -14,10 +14,11 @@
 //! ones; shapes are read from the weights ([`Dims::from_weights`]), never from a model name.
 
 use candle_core::quantized::QMatMul;
-use candle_core::{Device, Module, Result, Tensor};
+use candle_core::{Module, Result, Tensor};
 use candle_nn::kv_cache::KvCache;
 use candle_nn::{Conv1d, Conv1dConfig, LayerNorm};
 
+use crate::kernels;
 use crate::weights::Weights;
 
 /// Whisper's attention heads are always 64 wide (tiny 6×64 … large 20×64).
@@ -166,18 +167,11 @@ impl Attention {
         ))
     }
 
-    /// Attends `x`'s queries over heads-split `k`, `v`; `mask` is added to the scores.
-    fn attend(&self, x: &Tensor, k: &Tensor, v: &Tensor, mask: Option<&Tensor>) -> Result<Tensor> {
-        let (b, n, state) = x.dims3()?;
+    /// Attends `x`'s queries over heads-split `k`, `v`; with `causal`, `x` holds the last
+    /// positions of `k`/`v` and each sees only those up to itself.
+    fn attend(&self, x: &Tensor, k: &Tensor, v: &Tensor, causal: bool) -> Result<Tensor> {
         let q = self.split_heads(&self.query.forward(x)?)?;
-        let scale = 1.0 / (HEAD_DIM as f64).sqrt();
-        let mut scores = (q.matmul(&k.t()?)? * scale)?;
-        if let Some(m) = mask {
-            scores = scores.broadcast_add(m)?;
-        }
-        let probs = candle_nn::ops::softmax_last_dim(&scores)?;
-        let y = probs.matmul(v)?.transpose(1, 2)?.reshape((b, n, state))?;
-        self.out.forward(&y)
+        self.out.forward(&kernels::attention(&q, k, v, causal)?)
     }
 }
 
@@ -189,7 +183,7 @@ struct Mlp {
 
 impl Mlp {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        self.fc2.forward(&self.fc1.forward(x)?.gelu_erf()?)
+        self.fc2.forward(&kernels::gelu_erf(&self.fc1.forward(x)?)?)
     }
 }
 
@@ -236,15 +230,15 @@ impl Encoder {
 
     /// `mel`: `(batch, n_mels, 3000)` → `(batch, 1500, n_audio_state)`.
     pub fn forward(&self, mel: &Tensor) -> Result<Tensor> {
-        let x = self.conv1.forward(mel)?.gelu_erf()?;
-        let x = self.conv2.forward(&x)?.gelu_erf()?;
+        let x = kernels::gelu_erf(&self.conv1.forward(mel)?)?;
+        let x = kernels::gelu_erf(&self.conv2.forward(&x)?)?;
         let x = x.transpose(1, 2)?;
         let n = x.dim(1)?;
         let mut x = x.broadcast_add(&self.positions.narrow(0, 0, n)?)?;
         for l in &self.layers {
             let h = l.attn_ln.forward(&x)?;
             let (k, v) = l.attn.project_kv(&h)?;
-            x = (&x + l.attn.attend(&h, &k, &v, None)?)?;
+            x = (&x + l.attn.attend(&h, &k, &v, false)?)?;
             x = (&x + l.mlp.forward(&l.mlp_ln.forward(&x)?)?)?;
         }
         self.ln_post.forward(&x)
@@ -368,44 +362,22 @@ impl Decoder {
         let pos = self.positions.narrow(0, self.offset, n)?;
         let mut x = self.embed.embedding(&tokens.flatten_all()?)?;
         x = x.reshape((tokens.dim(0)?, n, ()))?.broadcast_add(&pos)?;
-        let mask = if n > 1 {
-            Some(causal_mask(n, self.offset, x.device())?)
-        } else {
-            None
-        };
         for l in &mut self.layers {
             let h = l.self_ln.forward(&x)?;
             let (k, v) = l.self_attn.project_kv(&h)?;
             let (k, v) = l.cache.append(&k, &v)?;
-            x = (&x + l.self_attn.attend(&h, &k, &v, mask.as_ref())?)?;
+            x = (&x + l.self_attn.attend(&h, &k, &v, true)?)?;
             let (ak, av) = l
                 .audio_kv
                 .as_ref()
                 .ok_or_else(|| candle_core::Error::Msg("decoder has no audio window".into()))?;
             let h = l.cross_ln.forward(&x)?;
-            x = (&x + l.cross_attn.attend(&h, ak, av, None)?)?;
+            x = (&x + l.cross_attn.attend(&h, ak, av, false)?)?;
             x = (&x + l.mlp.forward(&l.mlp_ln.forward(&x)?)?)?;
         }
         self.offset += n;
         self.proj.forward(&self.ln.forward(&x)?)
     }
-}
-
-/// Additive mask letting new position `i` see cached positions and new positions `≤ i`.
-fn causal_mask(n: usize, offset: usize, dev: &Device) -> Result<Tensor> {
-    let total = offset + n;
-    let data: Vec<f32> = (0..n)
-        .flat_map(|i| {
-            (0..total).map(move |j| {
-                if j > offset + i {
-                    f32::NEG_INFINITY
-                } else {
-                    0.0
-                }
-            })
-        })
-        .collect();
-    Tensor::from_vec(data, (n, total), dev)
 }
 
 /// A loaded Whisper model.
@@ -436,7 +408,7 @@ impl Whisper {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use candle_core::IndexOp;
+    use candle_core::{Device, IndexOp};
 
     /// A small random-weight Whisper (1 layer each side, width 64) under Hugging Face names.
     pub(crate) fn random_weights(n_vocab: usize) -> Weights {

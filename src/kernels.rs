@@ -1,0 +1,411 @@
+//! CPU kernels for the two places where candle's generic ops cost more than the arithmetic.
+//!
+//! **Attention.** Composed from candle ops, one encoder layer of tiny materialises a
+//! `heads × 1500 × 1500` score tensor (54 MB) three times — product, scaled copy, softmax — each a
+//! fresh allocation whose pages the kernel must zero, and the scaling and softmax run on one
+//! thread with scalar `expf`. [`attention`] instead walks blocks of query rows per head: scores
+//! for the block go into a small per-thread buffer that stays in cache (the `1/√d` scale folded
+//! into the product), are normalised in place, and multiplied by the values straight into the
+//! output with heads already merged. Blocks are independent, so they are spread over the current
+//! rayon pool; each product is one single-threaded [`gemm`] call.
+//!
+//! **GELU.** candle's `gelu_erf` calls scalar libm `erff` element by element on one thread.
+//! [`gelu_erf`] uses a branch-free erf (Abramowitz–Stegun 7.1.26, |error| ≤ 5e-7 in f32) over a
+//! branch-free `exp`, which the compiler vectorises, in parallel chunks.
+//!
+//! Both run on f32 CPU tensors, which is what the model computes in (weights may be quantized;
+//! activations never are).
+
+use std::cell::RefCell;
+
+use candle_core::backend::BackendStorage;
+use candle_core::{CpuStorage, CustomOp1, CustomOp3, Layout, Result, Shape, Tensor};
+use gemm::Parallelism;
+use rayon::prelude::*;
+
+/// Query rows per attention block: a 64 × 1500 score block is 384 KB, inside a core's L2.
+const BLOCK_ROWS: usize = 64;
+/// Elements per parallel GELU chunk.
+const GELU_CHUNK: usize = 16 * 1024;
+
+/// Scaled dot-product attention with heads merged into the output.
+///
+/// `q`: `(batch, heads, n, head_dim)`; `k`, `v`: `(batch, heads, len, head_dim)` (any strides
+/// with a contiguous last dimension, such as a narrowed KV cache). Returns
+/// `(batch, n, heads · head_dim)`. With `causal`, the `n` queries are the last `n` of the `len`
+/// positions and query `i` sees keys `0 ..= len − n + i`.
+pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, causal: bool) -> Result<Tensor> {
+    q.apply_op3_no_bwd(k, v, &Attention { causal })
+}
+
+/// Exact (erf) GELU: `x · ½ · (1 + erf(x / √2))`.
+pub fn gelu_erf(x: &Tensor) -> Result<Tensor> {
+    x.apply_op1_no_bwd(&Gelu)
+}
+
+struct Attention {
+    causal: bool,
+}
+
+/// A rank-4 f32 view: the slice from its start offset and its strides.
+struct View<'a> {
+    data: &'a [f32],
+    dims: [usize; 4],
+    strides: [usize; 4],
+}
+
+impl<'a> View<'a> {
+    fn new(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<Self> {
+        let CpuStorage::F32(data) = s else {
+            candle_core::bail!("attention {what}: expected f32, got {:?}", s.dtype());
+        };
+        let (Ok(dims), Ok(strides)) = (
+            <[usize; 4]>::try_from(l.dims()),
+            <[usize; 4]>::try_from(l.stride()),
+        ) else {
+            candle_core::bail!("attention {what}: expected rank 4, got {:?}", l.dims());
+        };
+        if strides[3] != 1 {
+            candle_core::bail!("attention {what}: last dimension must be contiguous");
+        }
+        Ok(Self {
+            data: &data[l.start_offset()..],
+            dims,
+            strides,
+        })
+    }
+
+    /// The `(rows, head_dim)` matrix of batch `b`, head `h`, starting at row `r`.
+    fn rows(&self, b: usize, h: usize, r: usize) -> &'a [f32] {
+        &self.data[b * self.strides[0] + h * self.strides[1] + r * self.strides[2]..]
+    }
+}
+
+/// Output pointer shared by blocks that write disjoint elements.
+#[derive(Clone, Copy)]
+struct OutPtr(*mut f32);
+// SAFETY: every block writes a distinct (rows × head columns) region of the output buffer, which
+// outlives the parallel loop.
+unsafe impl Send for OutPtr {}
+unsafe impl Sync for OutPtr {}
+
+thread_local! {
+    /// Per-thread score block, reused across calls.
+    static SCORES: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+}
+
+impl CustomOp3 for Attention {
+    fn name(&self) -> &'static str {
+        "attention"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (q, k, v) = (
+            View::new(s1, l1, "q")?,
+            View::new(s2, l2, "k")?,
+            View::new(s3, l3, "v")?,
+        );
+        let [batch, heads, n, d] = q.dims;
+        let len = k.dims[2];
+        if k.dims != [batch, heads, len, d] || v.dims != k.dims {
+            candle_core::bail!(
+                "attention: q {:?}, k {:?}, v {:?} do not match",
+                q.dims,
+                k.dims,
+                v.dims
+            );
+        }
+        if self.causal && n > len {
+            candle_core::bail!("attention: {n} causal queries over {len} keys");
+        }
+        let width = heads * d;
+        let mut out = vec![0f32; batch * n * width];
+        let out_ptr = OutPtr(out.as_mut_ptr());
+        let scale = 1.0 / (d as f32).sqrt();
+        let blocks = n.div_ceil(BLOCK_ROWS);
+        let causal = self.causal;
+        (0..batch * heads * blocks)
+            .into_par_iter()
+            .for_each(|task| {
+                let (bh, blk) = (task / blocks, task % blocks);
+                let (b, h) = (bh / heads, bh % heads);
+                let r0 = blk * BLOCK_ROWS;
+                let rows = BLOCK_ROWS.min(n - r0);
+                SCORES.with_borrow_mut(|scores| {
+                    scores.resize(rows * len, 0.0);
+                    let qs = q.rows(b, h, r0);
+                    let (ks, vs) = (k.rows(b, h, 0), v.rows(b, h, 0));
+                    // SAFETY: the slices hold `rows`/`len` rows at the given row strides (checked
+                    // shapes above), `scores` holds rows × len, and the output region of this block
+                    // — rows r0.. of batch b, columns h·d.. — is written by no other block.
+                    unsafe {
+                        gemm::gemm(
+                            rows,
+                            len,
+                            d,
+                            scores.as_mut_ptr(),
+                            1,
+                            len as isize,
+                            false,
+                            qs.as_ptr(),
+                            1,
+                            q.strides[2] as isize,
+                            ks.as_ptr(),
+                            k.strides[2] as isize,
+                            1,
+                            0.0,
+                            scale,
+                            false,
+                            false,
+                            false,
+                            Parallelism::None,
+                        );
+                    }
+                    for (i, row) in scores.chunks_exact_mut(len).enumerate() {
+                        let visible = if causal { len - n + r0 + i + 1 } else { len };
+                        softmax_in_place(&mut row[..visible]);
+                        row[visible..].fill(0.0);
+                    }
+                    let dst = out_ptr;
+                    // SAFETY: as above.
+                    unsafe {
+                        gemm::gemm(
+                            rows,
+                            d,
+                            len,
+                            dst.0.add((b * n + r0) * width + h * d),
+                            1,
+                            width as isize,
+                            false,
+                            scores.as_ptr(),
+                            1,
+                            len as isize,
+                            vs.as_ptr(),
+                            1,
+                            v.strides[2] as isize,
+                            0.0,
+                            1.0,
+                            false,
+                            false,
+                            false,
+                            Parallelism::None,
+                        );
+                    }
+                });
+            });
+        Ok((CpuStorage::F32(out), Shape::from((batch, n, width))))
+    }
+}
+
+/// `row ← softmax(row)`.
+fn softmax_in_place(row: &mut [f32]) {
+    let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let mut sum = 0.0;
+    for x in row.iter_mut() {
+        *x = exp(*x - max);
+        sum += *x;
+    }
+    let inv = 1.0 / sum;
+    for x in row.iter_mut() {
+        *x *= inv;
+    }
+}
+
+struct Gelu;
+
+impl CustomOp1 for Gelu {
+    fn name(&self) -> &'static str {
+        "gelu-erf"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let CpuStorage::F32(data) = s else {
+            candle_core::bail!("gelu: expected f32, got {:?}", s.dtype());
+        };
+        let Some((start, end)) = l.contiguous_offsets() else {
+            candle_core::bail!("gelu: input must be contiguous");
+        };
+        let src = &data[start..end];
+        let mut out = vec![0f32; src.len()];
+        out.par_chunks_mut(GELU_CHUNK)
+            .zip(src.par_chunks(GELU_CHUNK))
+            .for_each(|(o, s)| {
+                for (o, &x) in o.iter_mut().zip(s) {
+                    *o = 0.5 * x * (1.0 + erf(x * std::f32::consts::FRAC_1_SQRT_2));
+                }
+            });
+        Ok((CpuStorage::F32(out), l.shape().clone()))
+    }
+}
+
+/// `eˣ` without branches or libm calls, so loops over it vectorise: `x = n·ln2 + r` with
+/// |r| ≤ ln2/2, a degree-7 polynomial for `eʳ` (Cephes `expf`, ≈ 1 ulp), and `2ⁿ` built in
+/// the exponent bits. Inputs below −87 give e⁻⁸⁷ (≈ 1.6e-38) instead of a subnormal or 0.
+#[inline(always)]
+pub fn exp(x: f32) -> f32 {
+    // Adding 1.5·2²³ rounds to an integer held in the low mantissa bits (round to nearest).
+    const SHIFTER: f32 = 12_582_912.0;
+    const LN2_HI: f32 = 0.693_359_4;
+    const LN2_LO: f32 = -2.121_944_4e-4;
+    let x = x.clamp(-87.0, 88.0);
+    let t = x * std::f32::consts::LOG2_E + SHIFTER;
+    let n = t.to_bits() as i32 - SHIFTER.to_bits() as i32;
+    let n_f = t - SHIFTER;
+    let r = x - n_f * LN2_HI - n_f * LN2_LO;
+    let p = 1.987_569_1e-4;
+    let p = p * r + 1.398_199_9e-3;
+    let p = p * r + 8.333_452e-3;
+    let p = p * r + 4.166_579_6e-2;
+    let p = p * r + 1.666_666_5e-1;
+    let p = p * r + 5.000_000_1e-1;
+    let er = p * r * r + r + 1.0;
+    er * f32::from_bits(((n + 127) as u32) << 23)
+}
+
+/// Branch-free `erf` (Abramowitz–Stegun 7.1.26: absolute error ≤ 1.5e-7, ≤ 5e-7 in f32).
+#[inline(always)]
+pub fn erf(x: f32) -> f32 {
+    const P: f32 = 0.327_591_1;
+    const A: [f32; 5] = [
+        0.254_829_6,
+        -0.284_496_74,
+        1.421_413_8,
+        -1.453_152,
+        1.061_405_4,
+    ];
+    let ax = x.abs();
+    let t = 1.0 / (1.0 + P * ax);
+    let poly = ((((A[4] * t + A[3]) * t + A[2]) * t + A[1]) * t + A[0]) * t;
+    let y = 1.0 - poly * exp(-ax * ax);
+    y.copysign(x)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{Device, D};
+
+    #[test]
+    fn exp_matches_libm_to_a_few_ulp() {
+        let mut worst = 0f64;
+        let mut x = -87.0f32;
+        while x < 88.0 {
+            let got = exp(x) as f64;
+            let want = (x as f64).exp();
+            worst = worst.max(((got - want) / want).abs());
+            x += 0.0137;
+        }
+        assert!(worst < 4e-7, "relative error {worst}");
+        assert_eq!(exp(0.0), 1.0);
+        assert!(exp(f32::NEG_INFINITY) < 1e-37);
+    }
+
+    #[test]
+    fn erf_is_within_the_published_bound() {
+        let mut worst = 0f64;
+        let mut x = -6.0f32;
+        while x < 6.0 {
+            worst = worst.max((erf(x) as f64 - libm::erf(x as f64)).abs());
+            x += 0.001;
+        }
+        // 1.5e-7 for the formula, the rest f32 rounding of `1 − poly·e^(−x²)` near 0.
+        assert!(worst < 5e-7, "absolute error {worst}");
+        assert_eq!(erf(0.0), 0.0);
+    }
+
+    /// Attention as candle ops: `softmax(q kᵀ / √d + mask) v`, heads merged.
+    fn reference(q: &Tensor, k: &Tensor, v: &Tensor, causal: bool) -> Tensor {
+        let (b, h, n, d) = q.dims4().unwrap();
+        let len = k.dim(2).unwrap();
+        let mut s = (q.matmul(&k.t().unwrap()).unwrap() / (d as f64).sqrt()).unwrap();
+        if causal {
+            let mask: Vec<f32> = (0..n)
+                .flat_map(|i| {
+                    (0..len).map(move |j| {
+                        if j > len - n + i {
+                            f32::NEG_INFINITY
+                        } else {
+                            0.0
+                        }
+                    })
+                })
+                .collect();
+            let mask = Tensor::from_vec(mask, (n, len), &Device::Cpu).unwrap();
+            s = s.broadcast_add(&mask).unwrap();
+        }
+        let p = candle_nn::ops::softmax(&s, D::Minus1).unwrap();
+        p.matmul(v)
+            .unwrap()
+            .transpose(1, 2)
+            .unwrap()
+            .reshape((b, n, h * d))
+            .unwrap()
+    }
+
+    fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
+        (a - b)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .max(0)
+            .unwrap()
+            .to_scalar()
+            .unwrap()
+    }
+
+    #[test]
+    fn attention_equals_the_composed_ops() {
+        let dev = Device::Cpu;
+        // 150 queries: two full blocks and a partial one; 2 batches × 3 heads.
+        for (n, len, causal) in [
+            (150, 150, false),
+            (1, 37, false),
+            (150, 230, true),
+            (1, 9, true),
+        ] {
+            let q = Tensor::randn(0f32, 1.0, (2, 3, n, 64), &dev).unwrap();
+            let k = Tensor::randn(0f32, 1.0, (2, 3, len, 64), &dev).unwrap();
+            let v = Tensor::randn(0f32, 1.0, (2, 3, len, 64), &dev).unwrap();
+            let got = attention(&q, &k, &v, causal).unwrap();
+            assert_eq!(got.dims(), &[2, n, 3 * 64]);
+            let diff = max_diff(&got, &reference(&q, &k, &v, causal));
+            assert!(
+                diff < 1e-5,
+                "n {n} len {len} causal {causal}: differs by {diff}"
+            );
+        }
+    }
+
+    #[test]
+    fn attention_reads_strided_keys_such_as_a_narrowed_cache() {
+        let dev = Device::Cpu;
+        let q = Tensor::randn(0f32, 1.0, (1, 2, 3, 64), &dev).unwrap();
+        let big_k = Tensor::randn(0f32, 1.0, (1, 2, 40, 64), &dev).unwrap();
+        let big_v = Tensor::randn(0f32, 1.0, (1, 2, 40, 64), &dev).unwrap();
+        let (k, v) = (
+            big_k.narrow(2, 0, 11).unwrap(),
+            big_v.narrow(2, 0, 11).unwrap(),
+        );
+        assert!(!k.is_contiguous());
+        let got = attention(&q, &k, &v, true).unwrap();
+        let want = reference(&q, &k.contiguous().unwrap(), &v.contiguous().unwrap(), true);
+        assert!(max_diff(&got, &want) < 1e-5);
+    }
+
+    #[test]
+    fn gelu_matches_exact_gelu() {
+        let x = Tensor::randn(0f32, 3.0, 100_000, &Device::Cpu).unwrap();
+        let diff = max_diff(&gelu_erf(&x).unwrap(), &x.gelu_erf().unwrap());
+        assert!(diff < 1e-6, "differs by {diff}");
+    }
+}
