@@ -205,18 +205,33 @@ impl CustomOp3 for Attention {
     }
 }
 
-/// `row ← softmax(row)`.
+/// `row ← softmax(row)`. Written as separate maps and lane-wise reductions: a float sum or max
+/// carried through one loop is a serial dependency the compiler may not reorder, so it would
+/// stay scalar.
 fn softmax_in_place(row: &mut [f32]) {
-    let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    let mut sum = 0.0;
+    let max = reduce_lanes(row, f32::NEG_INFINITY, |a, x| if x > a { x } else { a });
     for x in row.iter_mut() {
         *x = exp(*x - max);
-        sum += *x;
     }
-    let inv = 1.0 / sum;
+    let inv = 1.0 / reduce_lanes(row, 0.0, |a, x| a + x);
     for x in row.iter_mut() {
         *x *= inv;
     }
+}
+
+/// Folds `xs` with `f` in eight independent lanes, then folds the lanes.
+#[inline(always)]
+fn reduce_lanes(xs: &[f32], init: f32, f: impl Fn(f32, f32) -> f32) -> f32 {
+    let mut lanes = [init; 8];
+    let chunks = xs.chunks_exact(8);
+    let tail = chunks.remainder();
+    for c in chunks {
+        for (l, &x) in lanes.iter_mut().zip(c) {
+            *l = f(*l, x);
+        }
+    }
+    let acc = tail.iter().fold(init, |a, &x| f(a, x));
+    lanes.iter().fold(acc, |a, &x| f(a, x))
 }
 
 struct Gelu;
