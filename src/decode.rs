@@ -318,7 +318,12 @@ impl Transcriber {
         let s = &self.tokenizer.specials;
         let sot = Tensor::new(&[[s.sot]], &Device::Cpu)?;
         self.model.decoder.set_audio(audio)?;
-        let logits: Vec<f32> = self.model.decoder.forward(&sot)?.i((0, 0))?.to_vec1()?;
+        let logits: Vec<f32> = self
+            .model
+            .decoder
+            .forward(&sot, &[0])?
+            .i((0, 0))?
+            .to_vec1()?;
         let best = self
             .tokenizer
             .languages
@@ -351,12 +356,12 @@ impl Transcriber {
         decoder.reset();
         let sample_len = decoder.capacity() / 2;
         let input = Tensor::new(prompt, &Device::Cpu)?.unsqueeze(0)?;
-        let all = decoder.forward(&input)?;
+        let both = decoder.forward(&input, &[sot_index, prompt.len() - 1])?;
         let no_speech_prob = {
-            let row: Vec<f32> = all.i((0, sot_index))?.to_vec1()?;
+            let row: Vec<f32> = both.i((0, 0))?.to_vec1()?;
             log_softmax(&row)[s.no_speech as usize].exp()
         };
-        let mut logits: Vec<f32> = all.i((0, prompt.len() - 1))?.to_vec1()?;
+        let mut logits: Vec<f32> = both.i((0, 1))?.to_vec1()?;
         let mut tokens = Vec::new();
         let mut sum_logprob = 0f32;
         loop {
@@ -380,7 +385,7 @@ impl Transcriber {
             }
             tokens.push(next);
             let t = Tensor::new(&[[next]], &Device::Cpu)?;
-            logits = decoder.forward(&t)?.i((0, 0))?.to_vec1()?;
+            logits = decoder.forward(&t, &[0])?.i((0, 0))?.to_vec1()?;
         }
         let text = self.tokenizer.decode(&tokens)?;
         Ok(WindowResult {

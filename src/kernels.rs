@@ -13,20 +13,28 @@
 //! [`gelu_erf`] uses a branch-free erf (Abramowitz–Stegun 7.1.26, |error| ≤ 5e-7 in f32) over a
 //! branch-free `exp`, which the compiler vectorises, in parallel chunks.
 //!
-//! Both run on f32 CPU tensors, which is what the model computes in (weights may be quantized;
-//! activations never are).
+//! **Vocabulary projection.** Every decoded token multiplies one hidden vector by the whole
+//! token embedding (51 864 × 384 for tiny): a pass over 80 MB in f32 that is bound by memory
+//! bandwidth, not arithmetic. The checkpoints ship that matrix in f16, so [`project_half`] keeps
+//! it in f16 and widens each row in registers (F16C on x86-64, `fcvtl` on aarch64), accumulating
+//! in f32 — the same products on half the bytes.
+//!
+//! Activations are always f32 (weights may be f16 or quantized).
 
 use std::cell::RefCell;
 
 use candle_core::backend::BackendStorage;
-use candle_core::{CpuStorage, CustomOp1, CustomOp3, Layout, Result, Shape, Tensor};
+use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
 use gemm::Parallelism;
+use half::f16;
 use rayon::prelude::*;
 
 /// Query rows per attention block: a 64 × 1500 score block is 384 KB, inside a core's L2.
 const BLOCK_ROWS: usize = 64;
 /// Elements per parallel GELU chunk.
 const GELU_CHUNK: usize = 16 * 1024;
+/// Fewest matrix rows per parallel task of the f16 projection (a 512 × 384 f16 slice is 384 KB).
+const PROJECT_MIN_CHUNK: usize = 512;
 
 /// Scaled dot-product attention with heads merged into the output.
 ///
@@ -41,6 +49,11 @@ pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, causal: bool) -> Result<Ten
 /// Exact (erf) GELU: `x · ½ · (1 + erf(x / √2))`.
 pub fn gelu_erf(x: &Tensor) -> Result<Tensor> {
     x.apply_op1_no_bwd(&Gelu)
+}
+
+/// `x · wᵀ` for f32 `x` (`(…, k)`) and an f16 matrix `w` (`(n, k)`): `(…, n)`.
+pub fn project_half(x: &Tensor, w: &Tensor) -> Result<Tensor> {
+    x.apply_op2_no_bwd(w, &ProjectHalf)
 }
 
 struct Attention {
@@ -143,6 +156,20 @@ impl CustomOp3 for Attention {
                     scores.resize(rows * len, 0.0);
                     let qs = q.rows(b, h, r0);
                     let (ks, vs) = (k.rows(b, h, 0), v.rows(b, h, 0));
+                    if rows == 1 {
+                        // One decoded token: dot products and a weighted sum stream through the
+                        // keys and values once, with no packing for a matrix product.
+                        let dst = out_ptr;
+                        // SAFETY: this block alone writes head h of row r0 (d elements).
+                        let o = unsafe {
+                            let at = (b * n + r0) * width + h * d;
+                            std::slice::from_raw_parts_mut(dst.0.add(at), d)
+                        };
+                        let visible = if causal { len - n + r0 + 1 } else { len };
+                        let (ks, vs) = ((ks, k.strides[2]), (vs, v.strides[2]));
+                        attend_one(&qs[..d], ks, vs, scale, &mut scores[..visible], o);
+                        return;
+                    }
                     // SAFETY: the slices hold `rows`/`len` rows at the given row strides (checked
                     // shapes above), `scores` holds rows × len, and the output region of this block
                     // — rows r0.. of batch b, columns h·d.. — is written by no other block.
@@ -205,6 +232,48 @@ impl CustomOp3 for Attention {
     }
 }
 
+/// Attention of one query `q` over `scores.len()` keys and values, each given as rows and the
+/// row stride.
+fn attend_one(
+    q: &[f32],
+    (k, k_stride): (&[f32], usize),
+    (v, v_stride): (&[f32], usize),
+    scale: f32,
+    scores: &mut [f32],
+    out: &mut [f32],
+) {
+    let d = q.len();
+    for (j, s) in scores.iter_mut().enumerate() {
+        *s = scale * dot(q, &k[j * k_stride..j * k_stride + d]);
+    }
+    softmax_in_place(scores);
+    out.fill(0.0);
+    for (j, &p) in scores.iter().enumerate() {
+        for (o, &x) in out.iter_mut().zip(&v[j * v_stride..j * v_stride + d]) {
+            *o += p * x;
+        }
+    }
+}
+
+/// `Σ aᵢ·bᵢ` in eight lanes, so it vectorises.
+#[inline(always)]
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let mut lanes = [0f32; 8];
+    let (ac, bc) = (a.chunks_exact(8), b.chunks_exact(8));
+    let tail: f32 = ac
+        .remainder()
+        .iter()
+        .zip(bc.remainder())
+        .map(|(x, y)| x * y)
+        .sum();
+    for (xs, ys) in ac.zip(bc) {
+        for ((l, x), y) in lanes.iter_mut().zip(xs).zip(ys) {
+            *l += x * y;
+        }
+    }
+    lanes.iter().sum::<f32>() + tail
+}
+
 /// `row ← softmax(row)`. Written as separate maps and lane-wise reductions: a float sum or max
 /// carried through one loop is a serial dependency the compiler may not reorder, so it would
 /// stay scalar.
@@ -261,6 +330,154 @@ impl CustomOp1 for Gelu {
     }
 }
 
+struct ProjectHalf;
+
+impl CustomOp2 for ProjectHalf {
+    fn name(&self) -> &'static str {
+        "project-f16"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (CpuStorage::F32(x), CpuStorage::F16(w)) = (s1, s2) else {
+            candle_core::bail!(
+                "project: expected f32 × f16, got {:?} × {:?}",
+                s1.dtype(),
+                s2.dtype()
+            );
+        };
+        let (Some((x0, x1)), Some((w0, w1))) = (l1.contiguous_offsets(), l2.contiguous_offsets())
+        else {
+            candle_core::bail!("project: inputs must be contiguous");
+        };
+        let (x, w) = (&x[x0..x1], &w[w0..w1]);
+        let (n, k) = l2.shape().dims2()?;
+        let x_dims = l1.dims();
+        if x_dims.last() != Some(&k) {
+            candle_core::bail!("project: {x_dims:?} × {:?}ᵀ", l2.dims());
+        }
+        let rows = x.len() / k;
+        let mut out = vec![0f32; rows * n];
+        let out_ptr = OutPtr(out.as_mut_ptr());
+        let dot = dot_f16_kernel();
+        // A few tasks per thread for the vocabulary; one task for a matrix too small to be worth
+        // waking other threads for.
+        let chunk = (n / (4 * rayon::current_num_threads())).clamp(PROJECT_MIN_CHUNK, 1024);
+        (0..n.div_ceil(chunk)).into_par_iter().for_each(|c| {
+            let dst = out_ptr;
+            let j0 = c * chunk;
+            for j in j0..(j0 + chunk).min(n) {
+                let wj = &w[j * k..(j + 1) * k];
+                for r in 0..rows {
+                    // SAFETY: column j belongs to this task only; r·n + j < rows·n.
+                    unsafe { *dst.0.add(r * n + j) = dot(&x[r * k..(r + 1) * k], wj) };
+                }
+            }
+        });
+        let mut dims = x_dims.to_vec();
+        *dims.last_mut().expect("rank ≥ 1") = n;
+        Ok((CpuStorage::F32(out), Shape::from(dims)))
+    }
+}
+
+/// `Σ xᵢ·wᵢ` with f16 `w`, accumulated in f32.
+type DotF16 = fn(&[f32], &[f16]) -> f32;
+
+/// The fastest dot product this CPU supports.
+fn dot_f16_kernel() -> DotF16 {
+    #[cfg(target_arch = "x86_64")]
+    if is_x86_feature_detected!("avx")
+        && is_x86_feature_detected!("f16c")
+        && is_x86_feature_detected!("fma")
+    {
+        // SAFETY: the features the function is compiled for were just detected.
+        return |x, w| unsafe { dot_f16_x86(x, w) };
+    }
+    #[cfg(target_arch = "aarch64")]
+    {
+        return dot_f16_neon;
+    }
+    #[allow(unreachable_code)]
+    dot_f16_portable
+}
+
+fn dot_f16_portable(x: &[f32], w: &[f16]) -> f32 {
+    let mut lanes = [0f32; 8];
+    let (xc, wc) = (x.chunks_exact(8), w.chunks_exact(8));
+    let tail: f32 = xc
+        .remainder()
+        .iter()
+        .zip(wc.remainder())
+        .map(|(a, b)| a * b.to_f32())
+        .sum();
+    for (xs, ws) in xc.zip(wc) {
+        for ((l, a), b) in lanes.iter_mut().zip(xs).zip(ws) {
+            *l += a * b.to_f32();
+        }
+    }
+    lanes.iter().sum::<f32>() + tail
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx,f16c,fma")]
+unsafe fn dot_f16_x86(x: &[f32], w: &[f16]) -> f32 {
+    use std::arch::x86_64::*;
+    let n = x.len().min(w.len());
+    let (xp, wp) = (x.as_ptr(), w.as_ptr() as *const __m128i);
+    let (mut acc0, mut acc1) = (_mm256_setzero_ps(), _mm256_setzero_ps());
+    let mut i = 0;
+    while i + 16 <= n {
+        // SAFETY: i + 16 ≤ n elements of both slices.
+        unsafe {
+            let w0 = _mm256_cvtph_ps(_mm_loadu_si128(wp.add(i / 8)));
+            let w1 = _mm256_cvtph_ps(_mm_loadu_si128(wp.add(i / 8 + 1)));
+            acc0 = _mm256_fmadd_ps(_mm256_loadu_ps(xp.add(i)), w0, acc0);
+            acc1 = _mm256_fmadd_ps(_mm256_loadu_ps(xp.add(i + 8)), w1, acc1);
+        }
+        i += 16;
+    }
+    let mut lanes = [0f32; 8];
+    // SAFETY: `lanes` holds 8 floats.
+    unsafe { _mm256_storeu_ps(lanes.as_mut_ptr(), _mm256_add_ps(acc0, acc1)) };
+    lanes.iter().sum::<f32>() + dot_f16_portable(&x[i..n], &w[i..n])
+}
+
+#[cfg(target_arch = "aarch64")]
+fn dot_f16_neon(x: &[f32], w: &[f16]) -> f32 {
+    use std::arch::aarch64::*;
+    let n = x.len().min(w.len());
+    let (xp, wp) = (x.as_ptr(), w.as_ptr() as *const u16);
+    let mut i = 0;
+    // SAFETY: NEON is part of the aarch64 baseline; every load reads i + 8 ≤ n elements.
+    // `fcvtl`/`fcvtl2` (widen four halves to singles) are baseline ARMv8 too — unlike f16
+    // arithmetic (FEAT_FP16), which the Cortex-A72 lacks.
+    unsafe {
+        let (mut acc0, mut acc1) = (vdupq_n_f32(0.0), vdupq_n_f32(0.0));
+        while i + 8 <= n {
+            let h = vld1q_u16(wp.add(i));
+            let lo: float32x4_t;
+            let hi: float32x4_t;
+            std::arch::asm!(
+                "fcvtl {lo:v}.4s, {h:v}.4h",
+                "fcvtl2 {hi:v}.4s, {h:v}.8h",
+                h = in(vreg) h,
+                lo = out(vreg) lo,
+                hi = out(vreg) hi,
+                options(pure, nomem, nostack),
+            );
+            acc0 = vfmaq_f32(acc0, vld1q_f32(xp.add(i)), lo);
+            acc1 = vfmaq_f32(acc1, vld1q_f32(xp.add(i + 4)), hi);
+            i += 8;
+        }
+        vaddvq_f32(vaddq_f32(acc0, acc1)) + dot_f16_portable(&x[i..n], &w[i..n])
+    }
+}
+
 /// `eˣ` without branches or libm calls, so loops over it vectorise: `x = n·ln2 + r` with
 /// |r| ≤ ln2/2, a degree-7 polynomial for `eʳ` (Cephes `expf`, ≈ 1 ulp), and `2ⁿ` built in
 /// the exponent bits. Inputs below −87 give e⁻⁸⁷ (≈ 1.6e-38) instead of a subnormal or 0.
@@ -280,7 +497,7 @@ pub fn exp(x: f32) -> f32 {
     let p = p * r + 8.333_452e-3;
     let p = p * r + 4.166_579_6e-2;
     let p = p * r + 1.666_666_5e-1;
-    let p = p * r + 5.000_000_1e-1;
+    let p = p * r + 0.5;
     let er = p * r * r + r + 1.0;
     er * f32::from_bits(((n + 127) as u32) << 23)
 }
@@ -415,6 +632,34 @@ mod tests {
         let got = attention(&q, &k, &v, true).unwrap();
         let want = reference(&q, &k.contiguous().unwrap(), &v.contiguous().unwrap(), true);
         assert!(max_diff(&got, &want) < 1e-5);
+    }
+
+    #[test]
+    fn half_projection_equals_the_widened_product() {
+        let dev = Device::Cpu;
+        // 1100 rows: two full tasks and a partial one; 389 columns: a SIMD tail.
+        let w = Tensor::randn(0f32, 1.0, (1100, 389), &dev).unwrap();
+        let w16 = w.to_dtype(candle_core::DType::F16).unwrap();
+        let x = Tensor::randn(0f32, 1.0, (1, 3, 389), &dev).unwrap();
+        let got = project_half(&x, &w16).unwrap();
+        assert_eq!(got.dims(), &[1, 3, 1100]);
+        let wide = w16.to_dtype(candle_core::DType::F32).unwrap();
+        let want = x.broadcast_matmul(&wide.t().unwrap()).unwrap();
+        assert!(max_diff(&got, &want) < 1e-4);
+        let portable = dot_f16_portable(
+            &x.flatten_all().unwrap().to_vec1::<f32>().unwrap()[..389],
+            &w16.get(7).unwrap().to_vec1::<f16>().unwrap(),
+        );
+        let first: f32 = got
+            .get(0)
+            .unwrap()
+            .get(0)
+            .unwrap()
+            .get(7)
+            .unwrap()
+            .to_scalar()
+            .unwrap();
+        assert!((portable - first).abs() < 1e-4);
     }
 
     #[test]

@@ -14,7 +14,7 @@
 //! ones; shapes are read from the weights ([`Dims::from_weights`]), never from a model name.
 
 use candle_core::quantized::QMatMul;
-use candle_core::{Module, Result, Tensor};
+use candle_core::{DType, Module, Result, Tensor};
 use candle_nn::kv_cache::KvCache;
 use candle_nn::{Conv1d, Conv1dConfig, LayerNorm};
 
@@ -84,13 +84,26 @@ impl Weights {
     fn linear(&self, prefix: &str) -> Result<Linear> {
         let bias_name = format!("{prefix}.bias");
         Ok(Linear {
-            weight: self.matmul(&format!("{prefix}.weight"))?,
+            weight: Matrix::Candle(self.matmul(&format!("{prefix}.weight"))?),
             bias: if self.contains(&bias_name) {
                 Some(self.get(&bias_name)?)
             } else {
                 None
             },
         })
+    }
+
+    /// A linear layer run once per decoded token: its matrix is held in f16 when f16 holds it
+    /// exactly, since such a product is bound by how many bytes of weights it streams.
+    fn streamed_linear(&self, prefix: &str) -> Result<Linear> {
+        let mut l = self.linear(prefix)?;
+        let name = format!("{prefix}.weight");
+        if !self.qtensors.contains_key(&name) {
+            if let Some(h) = half_if_exact(&self.get(&name)?)? {
+                l.weight = Matrix::Half(h);
+            }
+        }
+        Ok(l)
     }
 
     fn layer_norm(&self, prefix: &str) -> Result<LayerNorm> {
@@ -115,16 +128,41 @@ impl Weights {
     }
 }
 
-/// `y = x Wᵀ + b` over float or quantized weights.
+/// The f16 copy of an f32 tensor, if converting loses nothing (checkpoints stored in f16).
+fn half_if_exact(t: &Tensor) -> Result<Option<Tensor>> {
+    let half = t.to_dtype(DType::F16)?;
+    let exact = half
+        .to_dtype(DType::F32)?
+        .eq(t)?
+        .flatten_all()?
+        .min(0)?
+        .to_scalar::<u8>()?
+        == 1;
+    Ok(exact.then_some(half))
+}
+
+/// How a linear layer's matrix is held.
+#[derive(Debug, Clone)]
+enum Matrix {
+    /// f32 or GGUF-quantized, multiplied by candle.
+    Candle(QMatMul),
+    /// f16, multiplied by [`kernels::project_half`].
+    Half(Tensor),
+}
+
+/// `y = x Wᵀ + b`.
 #[derive(Debug, Clone)]
 struct Linear {
-    weight: QMatMul,
+    weight: Matrix,
     bias: Option<Tensor>,
 }
 
 impl Module for Linear {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let y = self.weight.forward(x)?;
+        let y = match &self.weight {
+            Matrix::Candle(m) => m.forward(x)?,
+            Matrix::Half(w) => kernels::project_half(&x.contiguous()?, w)?,
+        };
         match &self.bias {
             Some(b) => y.broadcast_add(b),
             None => Ok(y),
@@ -142,12 +180,22 @@ struct Attention {
 }
 
 impl Attention {
-    fn load(w: &Weights, prefix: &str, n_state: usize) -> Result<Self> {
+    /// `per_token`: which projections run once per decoded token (see
+    /// [`Weights::streamed_linear`]), as `[query, key/value, out]`.
+    fn load(w: &Weights, prefix: &str, n_state: usize, per_token: [bool; 3]) -> Result<Self> {
+        let lin = |name: &str, streamed: bool| {
+            let p = format!("{prefix}.{name}");
+            if streamed {
+                w.streamed_linear(&p)
+            } else {
+                w.linear(&p)
+            }
+        };
         Ok(Self {
-            query: w.linear(&format!("{prefix}.q_proj"))?,
-            key: w.linear(&format!("{prefix}.k_proj"))?,
-            value: w.linear(&format!("{prefix}.v_proj"))?,
-            out: w.linear(&format!("{prefix}.out_proj"))?,
+            query: lin("q_proj", per_token[0])?,
+            key: lin("k_proj", per_token[1])?,
+            value: lin("v_proj", per_token[1])?,
+            out: lin("out_proj", per_token[2])?,
             n_head: n_state / HEAD_DIM,
         })
     }
@@ -210,7 +258,12 @@ impl Encoder {
                 let p = format!("model.encoder.layers.{i}");
                 Ok(EncoderLayer {
                     attn_ln: w.layer_norm(&format!("{p}.self_attn_layer_norm"))?,
-                    attn: Attention::load(w, &format!("{p}.self_attn"), d.n_audio_state)?,
+                    attn: Attention::load(
+                        w,
+                        &format!("{p}.self_attn"),
+                        d.n_audio_state,
+                        [false; 3],
+                    )?,
                     mlp_ln: w.layer_norm(&format!("{p}.final_layer_norm"))?,
                     mlp: Mlp {
                         fc1: w.linear(&format!("{p}.fc1"))?,
@@ -260,10 +313,7 @@ struct DecoderLayer {
 
 /// Text decoder with incremental state.
 pub struct Decoder {
-    embed: Tensor,
-    /// Output projection onto the vocabulary: the token embedding itself (tied weights), as a
-    /// matmul so a transposed view is multiplied in place rather than copied every step.
-    proj: Linear,
+    embed: TokenEmbedding,
     positions: Tensor,
     layers: Vec<DecoderLayer>,
     ln: LayerNorm,
@@ -279,13 +329,24 @@ impl Decoder {
                 let p = format!("model.decoder.layers.{i}");
                 Ok(DecoderLayer {
                     self_ln: w.layer_norm(&format!("{p}.self_attn_layer_norm"))?,
-                    self_attn: Attention::load(w, &format!("{p}.self_attn"), d.n_text_state)?,
+                    self_attn: Attention::load(
+                        w,
+                        &format!("{p}.self_attn"),
+                        d.n_text_state,
+                        [true; 3],
+                    )?,
                     cross_ln: w.layer_norm(&format!("{p}.encoder_attn_layer_norm"))?,
-                    cross_attn: Attention::load(w, &format!("{p}.encoder_attn"), d.n_text_state)?,
+                    cross_attn: Attention::load(
+                        w,
+                        &format!("{p}.encoder_attn"),
+                        d.n_text_state,
+                        // keys/values are projected once per audio window
+                        [true, false, true],
+                    )?,
                     mlp_ln: w.layer_norm(&format!("{p}.final_layer_norm"))?,
                     mlp: Mlp {
-                        fc1: w.linear(&format!("{p}.fc1"))?,
-                        fc2: w.linear(&format!("{p}.fc2"))?,
+                        fc1: w.streamed_linear(&format!("{p}.fc1"))?,
+                        fc2: w.streamed_linear(&format!("{p}.fc2"))?,
                     },
                     cache: KvCache::new(2, d.n_text_ctx),
                     audio_kv: None,
@@ -293,11 +354,7 @@ impl Decoder {
             })
             .collect::<Result<_>>()?;
         Ok(Self {
-            embed: w.get("model.decoder.embed_tokens.weight")?,
-            proj: Linear {
-                weight: w.matmul("model.decoder.embed_tokens.weight")?,
-                bias: None,
-            },
+            embed: TokenEmbedding::load(w, "model.decoder.embed_tokens.weight")?,
             positions: w.get("model.decoder.embed_positions.weight")?,
             layers,
             ln: w.layer_norm("model.decoder.layer_norm")?,
@@ -348,9 +405,11 @@ impl Decoder {
         self.n_text_ctx
     }
 
-    /// Feeds `tokens` (`(batch, n)`) after those already cached and returns the logits of every
-    /// new position, `(batch, n, n_vocab)`.
-    pub fn forward(&mut self, tokens: &Tensor) -> Result<Tensor> {
+    /// Feeds `tokens` (`(batch, n)`) after those already cached and returns the logits of the
+    /// new positions listed in `at` (indices into the `n`), `(batch, at.len(), n_vocab)`. The
+    /// vocabulary projection is the costliest step of a token, so a prompt only pays for the
+    /// positions the caller reads.
+    pub fn forward(&mut self, tokens: &Tensor, at: &[usize]) -> Result<Tensor> {
         let (_, n) = tokens.dims2()?;
         if self.offset + n > self.n_text_ctx {
             candle_core::bail!(
@@ -360,7 +419,10 @@ impl Decoder {
             );
         }
         let pos = self.positions.narrow(0, self.offset, n)?;
-        let mut x = self.embed.embedding(&tokens.flatten_all()?)?;
+        if let Some(&bad) = at.iter().find(|&&i| i >= n) {
+            candle_core::bail!("logits asked for position {bad} of {n} new tokens");
+        }
+        let mut x = self.embed.lookup(&tokens.flatten_all()?)?;
         x = x.reshape((tokens.dim(0)?, n, ()))?.broadcast_add(&pos)?;
         for l in &mut self.layers {
             let h = l.self_ln.forward(&x)?;
@@ -376,7 +438,38 @@ impl Decoder {
             x = (&x + l.mlp.forward(&l.mlp_ln.forward(&x)?)?)?;
         }
         self.offset += n;
-        self.proj.forward(&self.ln.forward(&x)?)
+        let at: Vec<u32> = at.iter().map(|&i| i as u32).collect();
+        let x = x.index_select(&Tensor::new(at, x.device())?, 1)?;
+        self.embed.project(&self.ln.forward(&x)?)
+    }
+}
+
+/// The token embedding, used twice: rows looked up for input tokens, and the whole matrix as
+/// the output projection onto the vocabulary (tied weights) — the largest product of every
+/// decoded token, so it is held in f16 whenever that is exact (every faster-whisper checkpoint).
+struct TokenEmbedding {
+    /// f16 or f32.
+    table: Tensor,
+    proj: Linear,
+}
+
+impl TokenEmbedding {
+    fn load(w: &Weights, name: &str) -> Result<Self> {
+        let proj = w.streamed_linear(name.trim_end_matches(".weight"))?;
+        let table = match &proj.weight {
+            Matrix::Half(h) => h.clone(),
+            Matrix::Candle(_) => w.get(name)?,
+        };
+        Ok(Self { table, proj })
+    }
+
+    fn lookup(&self, ids: &Tensor) -> Result<Tensor> {
+        self.table.embedding(ids)?.to_dtype(DType::F32)
+    }
+
+    /// `(batch, n, state)` → `(batch, n, n_vocab)`.
+    fn project(&self, x: &Tensor) -> Result<Tensor> {
+        self.proj.forward(x)
     }
 }
 
@@ -472,9 +565,28 @@ pub(crate) mod tests {
         );
     }
 
+    /// `w` with every tensor rounded to f16, as a faster-whisper checkpoint holds it: the
+    /// decoder's per-token layers and the vocabulary projection then run in f16.
+    fn rounded_to_f16(mut w: Weights) -> Weights {
+        for t in w.tensors.values_mut() {
+            *t = t
+                .to_dtype(DType::F16)
+                .unwrap()
+                .to_dtype(DType::F32)
+                .unwrap();
+        }
+        w
+    }
+
     #[test]
     fn cached_incremental_decoding_equals_decoding_the_whole_prefix() {
-        let mut m = Whisper::new(&random_weights(600)).unwrap();
+        for w in [random_weights(600), rounded_to_f16(random_weights(600))] {
+            cached_equals_whole(w);
+        }
+    }
+
+    fn cached_equals_whole(w: Weights) {
+        let mut m = Whisper::new(&w).unwrap();
         let mel = Tensor::randn(0f32, 1.0, (1, 80, 3000), &Device::Cpu).unwrap();
         let audio = m.encoder.forward(&mel).unwrap();
         m.decoder.set_audio(&audio).unwrap();
@@ -482,22 +594,22 @@ pub(crate) mod tests {
         let all = Tensor::new(&[toks], &Device::Cpu).unwrap();
         let full: Vec<f32> = m
             .decoder
-            .forward(&all)
+            .forward(&all, &[4])
             .unwrap()
-            .i((0, 4))
+            .i((0, 0))
             .unwrap()
             .to_vec1()
             .unwrap();
         m.decoder.reset();
         // Prompt of two, then one token at a time through the cache.
         m.decoder
-            .forward(&Tensor::new(&[[5u32, 17]], &Device::Cpu).unwrap())
+            .forward(&Tensor::new(&[[5u32, 17]], &Device::Cpu).unwrap(), &[1])
             .unwrap();
         let mut last = Vec::new();
         for t in &toks[2..] {
             last = m
                 .decoder
-                .forward(&Tensor::new(&[[*t]], &Device::Cpu).unwrap())
+                .forward(&Tensor::new(&[[*t]], &Device::Cpu).unwrap(), &[0])
                 .unwrap()
                 .i((0, 0))
                 .unwrap()
@@ -514,12 +626,54 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn an_f16_exact_embedding_is_kept_in_f16_and_projects_like_f32() {
+        let mut w = random_weights(600);
+        let name = "model.decoder.embed_tokens.weight";
+        let rounded = w.tensors[name]
+            .to_dtype(DType::F16)
+            .unwrap()
+            .to_dtype(DType::F32)
+            .unwrap();
+        w.tensors.insert(name.into(), rounded.clone());
+        let half = TokenEmbedding::load(&w, name).unwrap();
+        assert!(matches!(half.proj.weight, Matrix::Half(_)));
+        let float = TokenEmbedding {
+            table: rounded.clone(),
+            proj: Linear {
+                weight: Matrix::Candle(QMatMul::Tensor(rounded)),
+                bias: None,
+            },
+        };
+        let ids = Tensor::new(&[3u32, 599], &Device::Cpu).unwrap();
+        let (a, b) = (half.lookup(&ids).unwrap(), float.lookup(&ids).unwrap());
+        assert_eq!(a.to_vec2::<f32>().unwrap(), b.to_vec2::<f32>().unwrap());
+        let x = Tensor::randn(0f32, 1.0, (1, 2, 64), &Device::Cpu).unwrap();
+        let diff = (half.project(&x).unwrap() - float.project(&x).unwrap())
+            .unwrap()
+            .abs()
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .max(0)
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        assert!(diff < 1e-4, "projections differ by {diff}");
+        // Weights f16 cannot hold stay f32.
+        let w = random_weights(600);
+        assert!(matches!(
+            TokenEmbedding::load(&w, name).unwrap().proj.weight,
+            Matrix::Candle(_)
+        ));
+    }
+
+    #[test]
     fn mlp_uses_exact_erf_gelu() {
         // Identity weights expose the activation: exact GELU(−1) = −0.1586553, the tanh
         // approximation gives −0.1588080.
         let eye = Tensor::eye(4, candle_core::DType::F32, &Device::Cpu).unwrap();
         let lin = || Linear {
-            weight: QMatMul::Tensor(eye.clone()),
+            weight: Matrix::Candle(QMatMul::Tensor(eye.clone())),
             bias: None,
         };
         let mlp = Mlp {

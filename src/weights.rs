@@ -474,9 +474,9 @@ mod tests {
         m.decoder.set_audio(&audio).unwrap();
         let toks = Tensor::new(&[[1u32, 2, 3]], &Device::Cpu).unwrap();
         m.decoder
-            .forward(&toks)
+            .forward(&toks, &[2])
             .unwrap()
-            .i((0, 2))
+            .i((0, 0))
             .unwrap()
             .to_vec1()
             .unwrap()

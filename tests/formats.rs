@@ -64,9 +64,9 @@ fn ct2_and_safetensors_layouts_give_identical_logits() {
         let l: Vec<f32> = t
             .model
             .decoder
-            .forward(&prompt)
+            .forward(&prompt, &[1])
             .unwrap()
-            .i((0, 1))
+            .i((0, 0))
             .unwrap()
             .to_vec1()
             .unwrap();
