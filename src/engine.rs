@@ -181,14 +181,15 @@ pub fn load_transcriber(dir: &Path, name: &str) -> Result<Transcriber, EngineErr
     let tokenizer = WhisperTokenizer::load(&tokenizer_path(dir)?)?;
     let config = ModelConfig::load(dir)?;
     let weights = Weights::load(dir, format)?;
-    log::info!(
-        "model {name}: {:.1} MB of weights in memory",
-        weights.bytes() as f64 / 1e6
-    );
     let model = Whisper::new(&weights).map_err(|source| EngineError::Model {
         path: dir.join(format.file_name()),
         source,
     })?;
+    drop(weights); // tensors the model re-stored in f16 are freed here
+    log::info!(
+        "model {name}: {:.1} MB of weights in memory",
+        model.bytes() as f64 / 1e6
+    );
     if model.dims.n_vocab < tokenizer.specials.timestamp_begin as usize {
         return Err(EngineError::Model {
             path: dir.join(format.file_name()),

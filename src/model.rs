@@ -157,6 +157,26 @@ struct Linear {
     bias: Option<Tensor>,
 }
 
+impl Linear {
+    fn bytes(&self) -> usize {
+        let w = match &self.weight {
+            Matrix::Candle(QMatMul::QTensor(q)) => q.storage_size_in_bytes(),
+            Matrix::Candle(QMatMul::Tensor(t) | QMatMul::TensorF16(t)) | Matrix::Half(t) => {
+                tensor_bytes(t)
+            }
+        };
+        w + self.bias.as_ref().map_or(0, tensor_bytes)
+    }
+}
+
+fn tensor_bytes(t: &Tensor) -> usize {
+    t.elem_count() * t.dtype().size_in_bytes()
+}
+
+fn layer_norm_bytes(ln: &LayerNorm) -> usize {
+    tensor_bytes(ln.weight()) + ln.bias().map_or(0, tensor_bytes)
+}
+
 impl Module for Linear {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let y = match &self.weight {
@@ -200,6 +220,13 @@ impl Attention {
         })
     }
 
+    fn bytes(&self) -> usize {
+        [&self.query, &self.key, &self.value, &self.out]
+            .iter()
+            .map(|l| l.bytes())
+            .sum()
+    }
+
     /// `(batch, len, state)` → `(batch, head, len, head_dim)`.
     fn split_heads(&self, x: &Tensor) -> Result<Tensor> {
         let (b, n, _) = x.dims3()?;
@@ -230,6 +257,10 @@ struct Mlp {
 }
 
 impl Mlp {
+    fn bytes(&self) -> usize {
+        self.fc1.bytes() + self.fc2.bytes()
+    }
+
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         self.fc2.forward(&kernels::gelu_erf(&self.fc1.forward(x)?)?)
     }
@@ -484,6 +515,47 @@ pub struct Whisper {
 }
 
 impl Whisper {
+    /// Bytes of weights the network holds (f32, f16 and quantized alike).
+    pub fn bytes(&self) -> usize {
+        let e = &self.encoder;
+        let conv = |c: &Conv1d| tensor_bytes(c.weight()) + c.bias().map_or(0, tensor_bytes);
+        let encoder = conv(&e.conv1)
+            + conv(&e.conv2)
+            + tensor_bytes(&e.positions)
+            + layer_norm_bytes(&e.ln_post)
+            + e.layers
+                .iter()
+                .map(|l| {
+                    layer_norm_bytes(&l.attn_ln)
+                        + l.attn.bytes()
+                        + layer_norm_bytes(&l.mlp_ln)
+                        + l.mlp.bytes()
+                })
+                .sum::<usize>();
+        let d = &self.decoder;
+        let embed = d.embed.proj.bytes()
+            + match &d.embed.proj.weight {
+                // a dequantized lookup table beside the quantized projection
+                Matrix::Candle(QMatMul::QTensor(_)) => tensor_bytes(&d.embed.table),
+                _ => 0,
+            };
+        let decoder = embed
+            + tensor_bytes(&d.positions)
+            + layer_norm_bytes(&d.ln)
+            + d.layers
+                .iter()
+                .map(|l| {
+                    layer_norm_bytes(&l.self_ln)
+                        + l.self_attn.bytes()
+                        + layer_norm_bytes(&l.cross_ln)
+                        + l.cross_attn.bytes()
+                        + layer_norm_bytes(&l.mlp_ln)
+                        + l.mlp.bytes()
+                })
+                .sum::<usize>();
+        encoder + decoder
+    }
+
     /// Builds the network from named weights.
     pub fn new(w: &Weights) -> Result<Self> {
         let dims = Dims::from_weights(w)?;
@@ -576,6 +648,18 @@ pub(crate) mod tests {
                 .unwrap();
         }
         w
+    }
+
+    #[test]
+    fn weight_bytes_count_f16_layers_at_two_bytes() {
+        let w = random_weights(600);
+        let float = Whisper::new(&w).unwrap().bytes();
+        assert_eq!(float, w.bytes(), "every tensor once, at four bytes");
+        let half = Whisper::new(&rounded_to_f16(w)).unwrap().bytes();
+        // Vocabulary (600 × 64) and the decoder's per-token matrices: self-attention 4 × 64²,
+        // cross-attention query and output 2 × 64², MLP 2 × 64 · 256 — two bytes saved each.
+        let saved = 2 * (600 * 64 + 6 * 64 * 64 + 2 * 64 * 256);
+        assert_eq!(float - half, saved);
     }
 
     #[test]
