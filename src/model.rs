@@ -13,8 +13,8 @@
 //! Every linear layer is a [`QMatMul`], so the same code runs float weights and GGUF-quantized
 //! ones; shapes are read from the weights ([`Dims::from_weights`]), never from a model name.
 
-use candle_core::quantized::QMatMul;
-use candle_core::{DType, Module, Result, Tensor};
+use candle_core::quantized::{GgmlDType, QMatMul};
+use candle_core::{DType, Module, Result, Tensor, D};
 use candle_nn::kv_cache::KvCache;
 use candle_nn::{Conv1d, Conv1dConfig, LayerNorm};
 
@@ -25,6 +25,9 @@ use crate::weights::Weights;
 const HEAD_DIM: usize = 64;
 /// LayerNorm epsilon used by every Whisper checkpoint.
 const LN_EPS: f64 = 1e-5;
+/// From this many activation rows on, a quantized matrix is widened to f32 for the product
+/// (see [`kernels`]): the encoder's 1500 rows, a prompt, the cross-attention keys and values.
+const WIDEN_ROWS: usize = 8;
 
 /// Network dimensions (openai `ModelDimensions`), inferred from weight shapes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -180,6 +183,17 @@ fn layer_norm_bytes(ln: &LayerNorm) -> usize {
 impl Module for Linear {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let y = match &self.weight {
+            Matrix::Candle(QMatMul::QTensor(q)) => {
+                let rows = x.elem_count() / x.dim(D::Minus1)?;
+                if rows >= WIDEN_ROWS {
+                    let w = q.dequantize(x.device())?;
+                    x.broadcast_matmul(&w.t()?)?
+                } else if q.dtype() == GgmlDType::Q8_0 {
+                    kernels::project_q8_0(x, q)?
+                } else {
+                    QMatMul::QTensor(q.clone()).forward(x)?
+                }
+            }
             Matrix::Candle(m) => m.forward(x)?,
             Matrix::Half(w) => kernels::project_half(&x.contiguous()?, w)?,
         };
