@@ -2,8 +2,9 @@
 # Side by side with faster-whisper: the same CTranslate2 weights (models/cache/<model>, see
 # models/fetch-offline.sh), the same OGG/Opus clips from ../shared/eval, the same thread count,
 # greedy decoding. Per round and model, each engine is one process over all clips (model load
-# counted); the engines take turns A B C A B C ... (the order rotates each round). Reports the
-# median wall time, ours ÷ theirs, peak RSS (/usr/bin/time -v) and WER by the shared wer.py, as a
+# counted); the engines take turns A B C D A B C D ... (the order rotates each round). Reports the
+# median wall time, ours ÷ theirs at the same precision (our f32 vs its float32, our q8_0 vs its
+# int8), peak RSS (/usr/bin/time -v) and WER by the shared wer.py, as a
 # markdown table.
 #
 #   benches/side-by-side.sh                          # tiny.en and base, all clips, 2 threads, 3 rounds
@@ -86,6 +87,8 @@ fi
 for m in $models; do
   [ -f "models/cache/$m/model.bin" ] || { echo "error: models/cache/$m missing (models/fetch-offline.sh $m)" >&2; exit 1; }
   python3 "$helper" clips "$eval_dir" "$m" ${quick:+--quick} > "$work/clips.$m"
+  # our q8_0 counterpart of its int8, made with our own quantizer once
+  [ -d "models/cache/$m-q8_0" ] || "$bin" --models-dir models/cache models quantize "$m" --to q8_0 >&2
 done
 python3 - "$work/config.json" "$models" "$rounds" "$threads" "${quick:-}" "$fw_version" <<'PY'
 import json, platform, os, sys
@@ -103,8 +106,10 @@ run() { # model tool round
   cut -d' ' -f1-3 /proc/loadavg > "$out.loadavg"
   echo "round $r: $m $tool (${#files[@]} clips, load $(cut -d' ' -f1 /proc/loadavg))" >&2
   case "$tool" in
-    ours)
-      /usr/bin/time -v -o "$out.time" "$bin" --models-dir models/cache transcribe --model "$m" \
+    ours | ours-q8)
+      local model=$m
+      [ "$tool" = ours ] || model=$m-q8_0
+      /usr/bin/time -v -o "$out.time" "$bin" --models-dir models/cache transcribe --model "$model" \
         --language "$lang" --threads "$threads" -f json "${files[@]}" > "$out.out" 2> "$out.err" ;;
     fw-*)
       /usr/bin/time -v -o "$out.time" "$venv/bin/python" "$helper" fw "models/cache/$m" "${tool#fw-}" \
@@ -112,11 +117,11 @@ run() { # model tool round
   esac || { echo "error: $m $tool failed:" >&2; tail -5 "$out.err" >&2; exit 1; }
 }
 
-tools=(ours fw-float32 fw-int8)
+tools=(ours fw-float32 ours-q8 fw-int8)
 for r in $(seq 1 "$rounds"); do
   for m in $models; do
-    for i in 0 1 2; do
-      run "$m" "${tools[$(( (i + r - 1) % 3 ))]}" "$r"
+    for i in 0 1 2 3; do
+      run "$m" "${tools[$(( (i + r - 1) % 4 ))]}" "$r"
     done
   done
 done

@@ -112,8 +112,10 @@ def wer(eval_dir, work, model, tag, hyps):
     return {m[1]: (float(m[2]), m[3]) for m in re.finditer(r"WER (\S+): ([\d.]+)% \((\d+/\d+)", res)}
 
 
-TOOLS = [("ours", "ours (candle, f32)"), ("fw-float32", "faster-whisper float32"),
-         ("fw-int8", "faster-whisper int8")]
+TOOLS = [("ours", "ours (candle, float)"), ("fw-float32", "faster-whisper float32"),
+         ("ours-q8", "ours (candle, q8_0)"), ("fw-int8", "faster-whisper int8")]
+# Each faster-whisper row is compared with our run of the same precision.
+PAIR = {"fw-float32": "ours", "fw-int8": "ours-q8"}
 
 
 def report(work, eval_dir):
@@ -159,7 +161,7 @@ def report(work, eval_dir):
                        + " s; load average at start " + " ".join(f"{a:.1f}" for a in loadavg))
         for tag, label in TOOLS:
             s = stats[tag]
-            ratio = "" if tag == "ours" else f"{stats['ours']['wall'] / s['wall']:.2f}"
+            ratio = f"{stats[PAIR[tag]]['wall'] / s['wall']:.2f}" if tag in PAIR else ""
             start = f"{s['start']:.1f}" + (f" (model {s['load']:.1f})" if s["load"] is not None else "")
             w = " | ".join(f"{s['wer'][l][0]:.2f}% ({s['wer'][l][1]})" if l in s["wer"] else ""
                            for l in ("en", "ru"))
@@ -167,7 +169,7 @@ def report(work, eval_dir):
                         f"{audio / s['wall']:.1f}× | {ratio} | {s['cpu']:.0f} | {start} | {s['rss']:.0f} MB | {w} |")
     print(f"{rounds} round(s), --threads {cfg['threads']} / cpu_threads={cfg['threads']}, "
           f"{'quick clip set' if cfg['quick'] else 'all clips'}, {cfg['fw']}, {cfg['host']}\n")
-    print("| model (clips, audio) | engine | wall s (median) | speed (audio/wall) | ours ÷ this "
+    print("| model (clips, audio) | engine | wall s (median) | speed (audio/wall) | ours ÷ this (same precision) "
           "| CPU s | startup s | peak RSS | WER en | WER ru |")
     print("|---|---|---|---|---|---|---|---|---|---|")
     print("\n".join(rows))

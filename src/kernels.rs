@@ -31,9 +31,9 @@
 use std::cell::RefCell;
 
 use candle_core::backend::BackendStorage;
+use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
 use gemm::Parallelism;
-use candle_core::quantized::{GgmlDType, QTensor};
 use half::f16;
 use rayon::prelude::*;
 
@@ -103,10 +103,52 @@ pub fn project_q8_0(x: &Tensor, w: &QTensor) -> Result<Tensor> {
 const Q8_0_BLOCK: usize = 32;
 const Q8_0_BYTES: usize = 34;
 
-/// `Σ xᵢ·wᵢ` over one row of q8_0 blocks.
+/// `Σ xᵢ·wᵢ` over one row of q8_0 blocks, with the fastest code this CPU supports.
 fn dot_q8_0(x: &[f32], blocks: &[u8]) -> f32 {
+    #[cfg(target_arch = "x86_64")]
+    if is_x86_feature_detected!("avx2")
+        && is_x86_feature_detected!("f16c")
+        && is_x86_feature_detected!("fma")
+    {
+        // SAFETY: the features the function is compiled for were just detected.
+        return unsafe { dot_q8_0_x86(x, blocks) };
+    }
+    dot_q8_0_portable(x, blocks)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,f16c,fma")]
+unsafe fn dot_q8_0_x86(x: &[f32], blocks: &[u8]) -> f32 {
+    use std::arch::x86_64::*;
+    let mut acc = _mm256_setzero_ps();
+    for (xs, b) in x
+        .chunks_exact(Q8_0_BLOCK)
+        .zip(blocks.chunks_exact(Q8_0_BYTES))
+    {
+        let scale = _mm256_set1_ps(f16::from_le_bytes([b[0], b[1]]).to_f32());
+        let mut sum = _mm256_setzero_ps();
+        for i in 0..4 {
+            // SAFETY: 8 of the block's 32 bytes and 8 of its 32 floats per step.
+            unsafe {
+                let q = _mm_loadl_epi64(b.as_ptr().add(2 + 8 * i) as *const __m128i);
+                let w = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(q));
+                sum = _mm256_fmadd_ps(_mm256_loadu_ps(xs.as_ptr().add(8 * i)), w, sum);
+            }
+        }
+        acc = _mm256_fmadd_ps(scale, sum, acc);
+    }
+    let mut lanes = [0f32; 8];
+    // SAFETY: `lanes` holds 8 floats.
+    unsafe { _mm256_storeu_ps(lanes.as_mut_ptr(), acc) };
+    lanes.iter().sum()
+}
+
+fn dot_q8_0_portable(x: &[f32], blocks: &[u8]) -> f32 {
     let mut total = 0f32;
-    for (xs, b) in x.chunks_exact(Q8_0_BLOCK).zip(blocks.chunks_exact(Q8_0_BYTES)) {
+    for (xs, b) in x
+        .chunks_exact(Q8_0_BLOCK)
+        .zip(blocks.chunks_exact(Q8_0_BYTES))
+    {
         let scale = f16::from_le_bytes([b[0], b[1]]).to_f32();
         let mut lanes = [0f32; 8];
         for (x8, q8) in xs.chunks_exact(8).zip(b[2..].chunks_exact(8)) {
@@ -736,9 +778,27 @@ mod tests {
         let wide = q.dequantize(&dev).unwrap();
         let want = x.broadcast_matmul(&wide.t().unwrap()).unwrap();
         assert!(max_diff(&got, &want) < 1e-4);
+        let (xs, row) = (&x.flatten_all().unwrap().to_vec1::<f32>().unwrap()[..96], 5);
+        let bytes = q.data().unwrap();
+        let portable = dot_q8_0_portable(xs, &bytes[row * 102..(row + 1) * 102]);
+        let first: f32 = got
+            .get(0)
+            .unwrap()
+            .get(0)
+            .unwrap()
+            .get(row)
+            .unwrap()
+            .to_scalar()
+            .unwrap();
+        assert!((portable - first).abs() < 1e-4);
         // And q8_0 is close to the float weights it came from.
         let float = x.broadcast_matmul(&w.t().unwrap()).unwrap();
-        assert!(max_diff(&got, &float) < 0.2);
+        let norm = |t: &Tensor| t.sqr().unwrap().sum_all().unwrap().sqrt().unwrap();
+        let rel: f32 = (norm(&(&got - &float).unwrap()) / norm(&float))
+            .unwrap()
+            .to_scalar()
+            .unwrap();
+        assert!(rel < 0.01, "q8_0 relative error {rel}");
     }
 
     #[test]
