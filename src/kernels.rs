@@ -80,23 +80,37 @@ pub fn project_q8_0(x: &Tensor, w: &QTensor) -> Result<Tensor> {
     if bytes.len() != n * row_bytes {
         candle_core::bail!("project_q8_0: {} bytes for {n} × {k}", bytes.len());
     }
-    let rows = xs.len() / k;
+    let out = project_rows(&xs, k, n, |j, xr| {
+        dot_q8_0(xr, &bytes[j * row_bytes..(j + 1) * row_bytes])
+    });
+    let mut out_dims = dims;
+    *out_dims.last_mut().expect("rank ≥ 1") = n;
+    Tensor::from_vec(out, out_dims, x.device())
+}
+
+/// `out[r][j] = dot(j, x[r])` for the `k`-wide rows of `x` and `n` matrix rows `j`, spread over
+/// the current rayon pool by matrix rows: a few tasks per thread for the vocabulary, one task
+/// for a matrix too small to be worth waking other threads for.
+fn project_rows(
+    x: &[f32],
+    k: usize,
+    n: usize,
+    dot: impl Fn(usize, &[f32]) -> f32 + Sync,
+) -> Vec<f32> {
+    let rows = x.len() / k;
     let mut out = vec![0f32; rows * n];
     let out_ptr = OutPtr(out.as_mut_ptr());
     let chunk = (n / (4 * rayon::current_num_threads())).clamp(PROJECT_MIN_CHUNK, 1024);
     (0..n.div_ceil(chunk)).into_par_iter().for_each(|c| {
         let dst = out_ptr;
         for j in c * chunk..((c + 1) * chunk).min(n) {
-            let wj = &bytes[j * row_bytes..(j + 1) * row_bytes];
             for r in 0..rows {
                 // SAFETY: column j belongs to this task only; r·n + j < rows·n.
-                unsafe { *dst.0.add(r * n + j) = dot_q8_0(&xs[r * k..(r + 1) * k], wj) };
+                unsafe { *dst.0.add(r * n + j) = dot(j, &x[r * k..(r + 1) * k]) };
             }
         }
     });
-    let mut out_dims = dims;
-    *out_dims.last_mut().expect("rank ≥ 1") = n;
-    Tensor::from_vec(out, out_dims, x.device())
+    out
 }
 
 /// Values per q8_0 block, and its size: an f16 scale then 32 signed bytes.
@@ -144,21 +158,13 @@ unsafe fn dot_q8_0_x86(x: &[f32], blocks: &[u8]) -> f32 {
 }
 
 fn dot_q8_0_portable(x: &[f32], blocks: &[u8]) -> f32 {
-    let mut total = 0f32;
-    for (xs, b) in x
-        .chunks_exact(Q8_0_BLOCK)
+    x.chunks_exact(Q8_0_BLOCK)
         .zip(blocks.chunks_exact(Q8_0_BYTES))
-    {
-        let scale = f16::from_le_bytes([b[0], b[1]]).to_f32();
-        let mut lanes = [0f32; 8];
-        for (x8, q8) in xs.chunks_exact(8).zip(b[2..].chunks_exact(8)) {
-            for ((l, &x), &q) in lanes.iter_mut().zip(x8).zip(q8) {
-                *l += x * f32::from(q as i8);
-            }
-        }
-        total += scale * lanes.iter().sum::<f32>();
-    }
-    total
+        .map(|(xs, b)| {
+            let scale = f16::from_le_bytes([b[0], b[1]]).to_f32();
+            scale * dot_widened(xs, &b[2..], |q| f32::from(q as i8))
+        })
+        .sum()
 }
 
 struct Attention {
@@ -360,20 +366,27 @@ fn attend_one(
     }
 }
 
-/// `Σ aᵢ·bᵢ` in eight lanes, so it vectorises.
+/// `Σ aᵢ·bᵢ`.
 #[inline(always)]
 fn dot(a: &[f32], b: &[f32]) -> f32 {
+    dot_widened(a, b, |y| y)
+}
+
+/// `Σ aᵢ·widen(bᵢ)` in eight lanes: a sum carried through one loop is a serial dependency the
+/// compiler may not reorder, so it would stay scalar.
+#[inline(always)]
+fn dot_widened<T: Copy>(a: &[f32], b: &[T], widen: impl Fn(T) -> f32) -> f32 {
     let mut lanes = [0f32; 8];
     let (ac, bc) = (a.chunks_exact(8), b.chunks_exact(8));
     let tail: f32 = ac
         .remainder()
         .iter()
         .zip(bc.remainder())
-        .map(|(x, y)| x * y)
+        .map(|(&x, &y)| x * widen(y))
         .sum();
     for (xs, ys) in ac.zip(bc) {
-        for ((l, x), y) in lanes.iter_mut().zip(xs).zip(ys) {
-            *l += x * y;
+        for ((l, &x), &y) in lanes.iter_mut().zip(xs).zip(ys) {
+            *l += x * widen(y);
         }
     }
     lanes.iter().sum::<f32>() + tail
@@ -466,24 +479,8 @@ impl CustomOp2 for ProjectHalf {
         if x_dims.last() != Some(&k) {
             candle_core::bail!("project: {x_dims:?} × {:?}ᵀ", l2.dims());
         }
-        let rows = x.len() / k;
-        let mut out = vec![0f32; rows * n];
-        let out_ptr = OutPtr(out.as_mut_ptr());
         let dot = dot_f16_kernel();
-        // A few tasks per thread for the vocabulary; one task for a matrix too small to be worth
-        // waking other threads for.
-        let chunk = (n / (4 * rayon::current_num_threads())).clamp(PROJECT_MIN_CHUNK, 1024);
-        (0..n.div_ceil(chunk)).into_par_iter().for_each(|c| {
-            let dst = out_ptr;
-            let j0 = c * chunk;
-            for j in j0..(j0 + chunk).min(n) {
-                let wj = &w[j * k..(j + 1) * k];
-                for r in 0..rows {
-                    // SAFETY: column j belongs to this task only; r·n + j < rows·n.
-                    unsafe { *dst.0.add(r * n + j) = dot(&x[r * k..(r + 1) * k], wj) };
-                }
-            }
-        });
+        let out = project_rows(x, k, n, |j, xr| dot(xr, &w[j * k..(j + 1) * k]));
         let mut dims = x_dims.to_vec();
         *dims.last_mut().expect("rank ≥ 1") = n;
         Ok((CpuStorage::F32(out), Shape::from(dims)))
@@ -512,20 +509,7 @@ fn dot_f16_kernel() -> DotF16 {
 }
 
 fn dot_f16_portable(x: &[f32], w: &[f16]) -> f32 {
-    let mut lanes = [0f32; 8];
-    let (xc, wc) = (x.chunks_exact(8), w.chunks_exact(8));
-    let tail: f32 = xc
-        .remainder()
-        .iter()
-        .zip(wc.remainder())
-        .map(|(a, b)| a * b.to_f32())
-        .sum();
-    for (xs, ws) in xc.zip(wc) {
-        for ((l, a), b) in lanes.iter_mut().zip(xs).zip(ws) {
-            *l += a * b.to_f32();
-        }
-    }
-    lanes.iter().sum::<f32>() + tail
+    dot_widened(x, w, f16::to_f32)
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -626,7 +610,7 @@ pub fn erf(x: f32) -> f32 {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use candle_core::{Device, D};
 
@@ -687,7 +671,8 @@ mod tests {
             .unwrap()
     }
 
-    fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
+    /// Largest absolute difference between two tensors of one shape.
+    pub(crate) fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
         (a - b)
             .unwrap()
             .abs()

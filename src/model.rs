@@ -587,6 +587,7 @@ impl Whisper {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
+    use crate::kernels::tests::max_diff;
     use candle_core::{Device, IndexOp};
 
     /// A small random-weight Whisper (1 layer each side, width 64) under Hugging Face names.
@@ -746,16 +747,7 @@ pub(crate) mod tests {
         let (a, b) = (half.lookup(&ids).unwrap(), float.lookup(&ids).unwrap());
         assert_eq!(a.to_vec2::<f32>().unwrap(), b.to_vec2::<f32>().unwrap());
         let x = Tensor::randn(0f32, 1.0, (1, 2, 64), &Device::Cpu).unwrap();
-        let diff = (half.project(&x).unwrap() - float.project(&x).unwrap())
-            .unwrap()
-            .abs()
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .max(0)
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap();
+        let diff = max_diff(&half.project(&x).unwrap(), &float.project(&x).unwrap());
         assert!(diff < 1e-4, "projections differ by {diff}");
         // Weights f16 cannot hold stay f32.
         let w = random_weights(600);
