@@ -19,7 +19,7 @@ use candle_nn::kv_cache::KvCache;
 use candle_nn::{Conv1d, Conv1dConfig, LayerNorm};
 
 use crate::kernels;
-use crate::weights::Weights;
+use crate::weights::{tensor_bytes, Weights};
 
 /// Whisper's attention heads are always 64 wide (tiny 6×64 … large 20×64).
 const HEAD_DIM: usize = 64;
@@ -170,10 +170,6 @@ impl Linear {
         };
         w + self.bias.as_ref().map_or(0, tensor_bytes)
     }
-}
-
-fn tensor_bytes(t: &Tensor) -> usize {
-    t.elem_count() * t.dtype().size_in_bytes()
 }
 
 fn layer_norm_bytes(ln: &LayerNorm) -> usize {

@@ -16,6 +16,11 @@ use candle_core::{DType, Device, Tensor};
 
 use crate::ct2::{Ct2Error, Ct2Model};
 
+/// Bytes a float tensor's elements occupy.
+pub(crate) fn tensor_bytes(t: &Tensor) -> usize {
+    t.elem_count() * t.dtype().size_in_bytes()
+}
+
 /// Why a model directory could not be loaded.
 #[derive(Debug, thiserror::Error)]
 pub enum WeightsError {
@@ -82,11 +87,7 @@ impl Weights {
 
     /// Bytes the weights occupy in memory.
     pub fn bytes(&self) -> usize {
-        let floats: usize = self
-            .tensors
-            .values()
-            .map(|t| t.elem_count() * t.dtype().size_in_bytes())
-            .sum();
+        let floats: usize = self.tensors.values().map(tensor_bytes).sum();
         let quantized: usize = self
             .qtensors
             .values()
