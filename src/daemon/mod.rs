@@ -2,7 +2,7 @@
 //!
 //! Three loops share one current-thread runtime and one [`Daemon`]:
 //!
-//! - the **receiver** ([`crate::supervisor::supervise`]) takes each incoming message, runs the
+//! - the **receiver** ([`crate::daemon::supervisor::supervise`]) takes each incoming message, runs the
 //!   owner's commands and turns tracked people's voice messages into spool jobs — fast, so the
 //!   update stream never backs up;
 //! - the **worker** takes jobs from the spool one at a time: fetch the message, download its
@@ -17,6 +17,19 @@
 //! out without spending attempts. On shutdown the job in hand gets a few seconds to finish and
 //! otherwise stays in the spool for the next start.
 
+pub mod commands;
+pub mod config;
+pub mod fsutil;
+pub mod inference;
+pub mod localchat;
+pub mod messenger;
+pub mod notify;
+pub mod reply;
+pub mod shutdown;
+pub mod spool;
+pub mod state;
+pub mod supervisor;
+
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
 use std::path::PathBuf;
@@ -25,18 +38,17 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, Notify};
 
-use crate::catalog::Catalog;
-use crate::commands::{self, Command, Who};
-use crate::config::Config;
-use crate::decode::Options;
-use crate::inference::{Inference, ModelInfo};
-use crate::messenger::{ChatId, Connection, Incoming, MediaKind, Messenger, MessengerError, MsgId};
-use crate::notify::Notifier;
-use crate::reply;
-use crate::shutdown::{Shutdown, Trigger};
-use crate::spool::{Added, Job, Key, Origin, Spool, SpoolError};
-use crate::state::State;
-use crate::supervisor::{self, Backoff, Link, LinkState, Stop};
+use crate::whisper::catalog::Catalog;
+use crate::whisper::decode::Options;
+use commands::{Command, Who};
+use config::Config;
+use inference::{Inference, ModelInfo};
+use messenger::{ChatId, Connection, Incoming, MediaKind, Messenger, MessengerError, MsgId};
+use notify::Notifier;
+use shutdown::{Shutdown, Trigger};
+use spool::{Added, Job, Key, Origin, Spool, SpoolError};
+use state::State;
+use supervisor::{Backoff, Link, LinkState, Stop};
 
 /// How long the job in hand may still run after a stop signal.
 pub const STOP_GRACE: Duration = Duration::from_secs(5);
@@ -124,7 +136,7 @@ impl Daemon {
         let spool = Spool::open(&state_dir)?;
         let tmp_dir = state_dir.join("tmp");
         std::fs::create_dir_all(&tmp_dir)?;
-        let threads = crate::engine::ThreadConfig {
+        let threads = crate::whisper::engine::ThreadConfig {
             threads: config.effective_threads(),
             cores: config.cores.clone(),
             nice: config.nice,
@@ -353,7 +365,7 @@ impl Daemon {
             }
             Command::Model(Some(name)) => {
                 let installed = self.catalog.resolve(&name).is_ok();
-                if let (false, Err(e)) = (installed, crate::catalog::lookup(&name)) {
+                if let (false, Err(e)) = (installed, crate::whisper::catalog::lookup(&name)) {
                     format!("/model {name}: {e}")
                 } else {
                     let doing = if installed { "loading" } else { "downloading" };
@@ -415,7 +427,7 @@ impl Daemon {
 
     fn set_language(&self, code: &str) -> String {
         let code = code.to_ascii_lowercase();
-        if !crate::config::is_language_setting(&code) {
+        if !crate::daemon::config::is_language_setting(&code) {
             return format!("/lang: {code:?} is not a language code (en, ru, de, …) or auto");
         }
         if code != "auto" && code != "en" && !self.model.borrow().multilingual {
