@@ -1,0 +1,507 @@
+//! The real grammers client against the fake Telegram data center (`tests/fake_telegram/`):
+//! first the daemon's Telegram link in-process (connect, updates, reply, edit, fetch,
+//! download), then the real `voice-transcriber` binary end to end with the real tiny.en model
+//! and a real voice clip. Only loopback is used; every wait has a deadline.
+
+mod common;
+mod fake_telegram;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use fake_telegram::{FakeDc, Scenario};
+use serde_json::Value;
+use voice_transcriber::messenger::{Connection, MediaKind, Messenger};
+use voice_transcriber::telegram::{self, TelegramOptions};
+
+const OWNER: i64 = 1000;
+const ANN: i64 = 111;
+const BOB: i64 = 222;
+
+fn jfk() -> PathBuf {
+    common::root().join("tests/data/audio_jfk_ask_not.ogg")
+}
+
+/// The people of every scenario here; `messages` is appended.
+fn scenario(messages: &str) -> Scenario {
+    let text = format!(
+        r#"
+[owner]
+id = {OWNER}
+first_name = "Olga"
+username = "olga"
+
+[[users]]
+key = "ann"
+id = {ANN}
+access_hash = 5555
+first_name = "Ann"
+username = "ann"
+contact = true
+tracked = true
+
+[[users]]
+key = "bob"
+id = {BOB}
+access_hash = 6666
+first_name = "Bob"
+
+{messages}
+"#
+    );
+    Scenario::from_toml(&text, &common::root()).unwrap_or_else(|e| panic!("scenario: {e}"))
+}
+
+/// Lower case, letters and digits only, single spaces: for comparing transcripts.
+fn words(text: &str) -> String {
+    text.to_lowercase()
+        .chars()
+        .map(|c| if c.is_alphanumeric() { c } else { ' ' })
+        .collect::<String>()
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+fn jfk_ok(text: &str) -> bool {
+    words(text).contains("ask not what your country can do for you")
+}
+
+fn user_of(entry: &Value) -> Option<i64> {
+    entry["peer"]["user"].as_i64()
+}
+
+// ---- the protocol itself --------------------------------------------------------------------
+
+#[test]
+fn server_crypto_is_the_mirror_of_the_clients() {
+    use grammers_crypto::{decrypt_data_v2, encrypt_data_v2, AuthKey, DequeBuffer};
+    let mut data = [0u8; 256];
+    for (i, b) in data.iter_mut().enumerate() {
+        *b = (i * 7 + 3) as u8;
+    }
+    let ours = fake_telegram::crypto::AuthKey::new(data);
+    let theirs = AuthKey::from_bytes(data);
+    let text: Vec<u8> = (0..100u8).collect();
+
+    // Client → server.
+    let mut buffer = DequeBuffer::with_capacity(text.len(), 32);
+    buffer.extend(text.iter().copied());
+    encrypt_data_v2(&mut buffer, &theirs);
+    let plain = fake_telegram::crypto::decrypt_from_client(&ours, &buffer[..]).unwrap();
+    assert_eq!(&plain[..text.len()], &text[..]);
+
+    // Server → client.
+    let mut n = 0u8;
+    let mut packet = fake_telegram::crypto::encrypt_for_client(&ours, &text, &mut || {
+        n = n.wrapping_add(1);
+        n
+    });
+    let plain = decrypt_data_v2(&mut packet, &theirs).unwrap();
+    assert_eq!(&plain[..text.len()], &text[..]);
+}
+
+/// Opens the daemon's Telegram link on `dir` inside a current-thread runtime with a LocalSet
+/// (as the daemon runs it) and hands it to `body`.
+fn with_link<T>(
+    dir: &Path,
+    body: impl AsyncFnOnce(telegram::Telegram, telegram::TelegramUpdates) -> T,
+) -> T {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let local = tokio::task::LocalSet::new();
+    local.block_on(&runtime, async {
+        let options = TelegramOptions {
+            request_timeout: Duration::from_secs(10),
+            ..TelegramOptions::default()
+        };
+        let (tg, updates) =
+            telegram::open_with(fake_telegram::API_ID, &telegram::session_path(dir), options)
+                .await
+                .expect("the session written by the fake opens");
+        body(tg, updates).await
+    })
+}
+
+const BOUND: Duration = Duration::from_secs(30);
+
+#[test]
+fn link_bootstraps_receives_replies_edits_fetches_and_downloads() {
+    let dc = FakeDc::start(
+        scenario(&format!(
+            r#"
+[[messages]]
+chat = "ann"
+text = "hello from Ann"
+delivery = "offline"
+
+[[messages]]
+chat = "ann"
+text = "a voice"
+after_s = 0.5
+[messages.voice]
+file = {:?}
+duration_s = 11
+"#,
+            jfk()
+        )),
+        None,
+    )
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    dc.write_state_dir(dir.path(), "").unwrap();
+    let download = dir.path().join("voice.ogg");
+    with_link(dir.path(), async |tg, mut updates| {
+        tokio::time::timeout(BOUND, updates.connect())
+            .await
+            .expect("connect returns")
+            .expect("connect succeeds");
+
+        // The offline message comes through getDifference, the voice as a pushed update.
+        let first = tokio::time::timeout(BOUND, updates.next())
+            .await
+            .expect("next returns")
+            .expect("a message");
+        assert_eq!(
+            (
+                first.chat,
+                first.sender,
+                first.text.as_str(),
+                first.outgoing
+            ),
+            (ANN, Some(ANN), "hello from Ann", false)
+        );
+        assert_eq!(first.sender_name, "Ann");
+        let voice = tokio::time::timeout(BOUND, updates.next())
+            .await
+            .expect("next returns")
+            .expect("a message");
+        let media = voice.media.clone().expect("the voice carries audio");
+        assert_eq!(media.kind, MediaKind::Voice);
+        assert_eq!(media.duration_s, 11.0);
+        assert_eq!(media.size, std::fs::metadata(jfk()).unwrap().len());
+
+        let sent = tg.reply(ANN, voice.id, "got it").await.expect("reply");
+        tg.edit(ANN, sent, "got it, edited").await.expect("edit");
+        // Same text again: Telegram's MESSAGE_NOT_MODIFIED counts as done.
+        tg.edit(ANN, sent, "got it, edited")
+            .await
+            .expect("edit again");
+        let fetched = tg
+            .fetch(ANN, voice.id)
+            .await
+            .expect("fetch")
+            .expect("exists");
+        assert_eq!(fetched.id, voice.id);
+        assert!(tg.fetch(ANN, 9999).await.expect("fetch").is_none());
+        let n = tg
+            .download(ANN, voice.id, &download)
+            .await
+            .expect("download");
+        assert_eq!(n, std::fs::metadata(jfk()).unwrap().len());
+        let resolved = tg.resolve_username("@ann").await.expect("resolve");
+        assert_eq!(resolved, Some((ANN, "Ann".to_string())));
+        assert_eq!(tg.resolve_username("nobody").await.expect("resolve"), None);
+
+        tokio::time::timeout(BOUND, updates.close())
+            .await
+            .expect("close returns")
+            .expect("close saves");
+    });
+    assert_eq!(
+        std::fs::read(&download).unwrap(),
+        std::fs::read(jfk()).unwrap()
+    );
+    assert_eq!(dc.message_text("ann", 3).as_deref(), Some("got it, edited"));
+
+    let log = dc.log();
+    let first = log.iter().find(|e| e["method"].is_string()).unwrap();
+    assert_eq!(first["method"], "help.getConfig", "{first}");
+    assert_eq!(first["layer"], grammers_tl_types::LAYER);
+    assert_eq!(first["init"]["api_id"], fake_telegram::API_ID);
+    assert_eq!(first["init"]["device_model"], "voice-transcriber");
+    let me = &dc.calls("users.getUsers")[0];
+    assert_eq!(me["ids"], serde_json::json!(["self"]));
+    let diff = &dc.calls("updates.getDifference")[0];
+    assert_eq!(diff["pts"], 100);
+    assert_eq!(diff["new_messages"], 1);
+    let sent = &dc.calls("messages.sendMessage")[0];
+    assert_eq!(user_of(sent), Some(ANN));
+    assert_eq!(sent["peer"]["access_hash"], 5555);
+    assert_eq!(sent["reply_to"], 2);
+    assert_eq!(sent["message"], "got it");
+    let edits = dc.calls("messages.editMessage");
+    assert_eq!(edits.len(), 2);
+    assert_eq!(edits[1]["answer"], "400 MESSAGE_NOT_MODIFIED");
+    let file = &dc.calls("upload.getFile")[0];
+    assert_eq!(file["offset"], 0);
+    assert_eq!(file["limit"], 512 * 1024);
+    assert!(log.iter().any(|e| e["event"] == "new_session"));
+}
+
+// ---- the daemon end to end ------------------------------------------------------------------
+
+/// The real binary, run against a fake data center.
+struct Daemon {
+    dir: tempfile::TempDir,
+    child: Option<Child>,
+}
+
+impl Daemon {
+    /// Writes the state directory for `dc` and starts `voice-transcriber --state-dir DIR run`.
+    fn start(dc: &FakeDc) -> Daemon {
+        let dir = tempfile::tempdir().unwrap();
+        common::model_dir("tiny.en");
+        let config = dc
+            .write_state_dir(
+                dir.path(),
+                &format!(
+                    "model = \"tiny.en\"\nthreads = 2\nnice = 0\nmodels_dir = {:?}",
+                    common::root().join("models/cache")
+                ),
+            )
+            .unwrap();
+        let log = std::fs::File::create(dir.path().join("daemon.log")).unwrap();
+        let child = Command::new(common::bin())
+            .arg("--state-dir")
+            .arg(dir.path())
+            .arg("--config")
+            .arg(&config)
+            .arg("run")
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        Daemon {
+            dir,
+            child: Some(child),
+        }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("daemon.log")).unwrap_or_default()
+    }
+
+    /// Panics with both logs.
+    fn fail(&self, dc: &FakeDc, why: &str) -> ! {
+        panic!(
+            "{why}\n--- daemon log:\n{}\n--- fake data center log:\n{}",
+            self.log(),
+            dc.log_text()
+        );
+    }
+
+    /// Waits for `found` in the fake's log; panics with both logs after `secs`.
+    fn wait<T>(
+        &mut self,
+        dc: &FakeDc,
+        secs: u64,
+        what: &str,
+        found: impl Fn(&[Value]) -> Option<T>,
+    ) -> T {
+        let deadline = Instant::now() + Duration::from_secs(secs);
+        loop {
+            if let Some(t) = found(&dc.log()) {
+                return t;
+            }
+            if Instant::now() > deadline {
+                self.fail(dc, &format!("timed out after {secs} s waiting for {what}"));
+            }
+            if let Some(status) = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
+                self.fail(dc, &format!("daemon exited: {status}"));
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// SIGTERM, then the exit status (killed and failed after 30 s).
+    fn stop(&mut self, dc: &FakeDc) -> ExitStatus {
+        let mut child = self.child.take().unwrap();
+        let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                return status;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                self.fail(dc, "the daemon did not stop within 30 s of SIGTERM");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// The first `messages.sendMessage` answering `to`, as (text, whole entry).
+fn reply_to(log: &[Value], to: i64) -> Option<(String, Value)> {
+    log.iter()
+        .find(|e| e["method"] == "messages.sendMessage" && e["reply_to"] == to)
+        .map(|e| {
+            (
+                e["message"].as_str().unwrap_or_default().to_string(),
+                e.clone(),
+            )
+        })
+}
+
+/// The id a pushed or offline message got, by its text.
+fn pushed_id(log: &[Value], text: &str) -> Option<i64> {
+    log.iter()
+        .find(|e| e["event"] == "push" && e["text"] == text)
+        .and_then(|e| e["id"].as_i64())
+}
+
+#[test]
+fn daemon_answers_the_owners_status_command_by_editing_it() {
+    let dc = FakeDc::start(
+        scenario(
+            r#"
+[[messages]]
+chat = "ann"
+from = "owner"
+text = "/status"
+after_s = 0.5
+"#,
+        ),
+        None,
+    )
+    .unwrap();
+    let mut daemon = Daemon::start(&dc);
+    let edit = daemon.wait(&dc, 120, "the /status answer", |log| {
+        log.iter()
+            .find(|e| e["method"] == "messages.editMessage")
+            .cloned()
+    });
+    let id = pushed_id(&dc.log(), "/status").unwrap();
+    assert_eq!(edit["id"], id, "{edit}");
+    assert_eq!(user_of(&edit), Some(ANN), "{edit}");
+    let text = edit["message"].as_str().unwrap();
+    assert!(text.starts_with("voice-transcriber"), "{text}");
+    assert!(text.contains("Telegram: connected"), "{text}");
+    assert_eq!(edit["answer"], "ok");
+    assert_eq!(daemon.stop(&dc).code(), Some(0), "{}", daemon.log());
+}
+
+#[test]
+fn daemon_transcribes_a_tracked_users_live_voice_message() {
+    let dc = FakeDc::start(
+        scenario(&format!(
+            r#"
+[[messages]]
+chat = "ann"
+text = ""
+after_s = 0.5
+[messages.voice]
+file = {:?}
+duration_s = 11
+"#,
+            jfk()
+        )),
+        None,
+    )
+    .unwrap();
+    let mut daemon = Daemon::start(&dc);
+    let (text, sent) = daemon.wait(&dc, 180, "the transcript reply", |log| {
+        let id = log
+            .iter()
+            .find(|e| e["event"] == "push")
+            .and_then(|e| e["id"].as_i64())?;
+        reply_to(log, id)
+    });
+    assert!(jfk_ok(&text), "transcript: {text}");
+    assert_eq!(user_of(&sent), Some(ANN));
+    assert_eq!(sent["peer"]["access_hash"], 5555);
+    let log = dc.log();
+    let id = log
+        .iter()
+        .find(|e| e["event"] == "push")
+        .and_then(|e| e["id"].as_i64())
+        .unwrap();
+    assert!(
+        dc.calls("messages.getMessages")
+            .iter()
+            .any(|e| e["ids"] == serde_json::json!([id])),
+        "the daemon fetched the message before downloading"
+    );
+    let chunks = dc.calls("upload.getFile");
+    assert!(!chunks.is_empty());
+    let size = std::fs::metadata(jfk()).unwrap().len() as i64;
+    let mut offset = 0;
+    for c in &chunks {
+        assert_eq!(c["offset"], offset, "chunks in order: {c}");
+        assert_eq!(c["answer"], "ok");
+        offset += c["limit"].as_i64().unwrap();
+    }
+    assert!(offset >= size, "the whole file was fetched");
+    assert_eq!(daemon.stop(&dc).code(), Some(0), "{}", daemon.log());
+}
+
+#[test]
+fn daemon_transcribes_a_voice_sent_while_it_was_offline() {
+    let dc = FakeDc::start(
+        scenario(&format!(
+            r#"
+[[messages]]
+chat = "ann"
+id = 41
+text = ""
+delivery = "offline"
+[messages.voice]
+file = {:?}
+duration_s = 11
+"#,
+            jfk()
+        )),
+        None,
+    )
+    .unwrap();
+    let mut daemon = Daemon::start(&dc);
+    let (text, _) = daemon.wait(&dc, 180, "the transcript reply", |log| reply_to(log, 41));
+    assert!(jfk_ok(&text), "transcript: {text}");
+    let diff = &dc.calls("updates.getDifference")[0];
+    assert_eq!(diff["pts"], 100, "{diff}");
+    assert_eq!(diff["new_messages"], 1, "{diff}");
+    assert!(!dc.log().iter().any(|e| e["event"] == "push"));
+    assert_eq!(daemon.stop(&dc).code(), Some(0), "{}", daemon.log());
+}
+
+#[test]
+fn sigterm_stops_the_connected_daemon_cleanly() {
+    let dc = FakeDc::start(scenario(""), None).unwrap();
+    let mut daemon = Daemon::start(&dc);
+    daemon.wait(&dc, 120, "the daemon's update sync", |log| {
+        log.iter()
+            .find(|e| e["method"] == "updates.getDifference")
+            .cloned()
+    });
+    let started = Instant::now();
+    let status = daemon.stop(&dc);
+    assert_eq!(status.code(), Some(0), "{}", daemon.log());
+    assert!(started.elapsed() < Duration::from_secs(15));
+    assert!(daemon.log().contains("stopped"), "{}", daemon.log());
+    // The session survives with the owner and the key.
+    let session = telegram::FileSession::load(&telegram::session_path(daemon.dir.path()))
+        .unwrap()
+        .unwrap();
+    assert!(session.is_logged_in());
+    assert_eq!(session.self_user_id(), Some(OWNER));
+}
