@@ -25,11 +25,18 @@ pub enum Answer {
 
 /// Who is calling.
 pub struct Caller {
-    /// The data center the connection's key belongs to.
+    /// The data center the connection reached.
     pub dc: i32,
-    /// The port every data center listens on.
-    pub port: u16,
+    /// Every data center's port.
+    pub ports: Vec<(i32, u16)>,
 }
+
+/// Methods a data center answers before the owner's authorization reached it.
+const WITHOUT_AUTHORIZATION: &[&str] = &[
+    "help.getConfig",
+    "help.getNearestDc",
+    "auth.importAuthorization",
+];
 
 /// One decoded call: its method name, the wrapped query, and what the log says about it.
 pub struct Call<'a> {
@@ -160,16 +167,83 @@ fn message_ids(ids: &[tl::enums::InputMessage]) -> Vec<Value> {
         .collect()
 }
 
-/// Answers one call (after faults were checked), filling in the log's method fields.
-pub fn answer(world: &mut World, caller: &Caller, call: &mut Call<'_>) -> Answer {
+/// Answers one call, filling in the log's method fields. A `fault` (decided by the caller)
+/// replaces the answer once the request is decoded, before it has any effect.
+pub fn answer(
+    world: &mut World,
+    caller: &Caller,
+    call: &mut Call<'_>,
+    fault: Option<Answer>,
+) -> Answer {
     let log = &mut call.log;
     let q = call.query;
+    let method = call.method;
+    let mut fault = fault;
+    let unauthorized =
+        !world.authorized.contains(&caller.dc) && !WITHOUT_AUTHORIZATION.contains(&method);
+    // Past this point the request takes effect: the fault or a missing authorization first.
+    macro_rules! gate {
+        () => {
+            if let Some(answer) = fault.take() {
+                return Err(answer);
+            }
+            if unauthorized {
+                return Err(Answer::Error(401, "AUTH_KEY_UNREGISTERED".into()));
+            }
+        };
+    }
     let result = (|| -> Result<Vec<u8>, Answer> {
         use tl::functions as f;
         Ok(match id_of(q) {
-            f::help::GetConfig::CONSTRUCTOR_ID => config(world, caller).to_bytes(),
+            f::auth::ExportAuthorization::CONSTRUCTOR_ID => {
+                let r: f::auth::ExportAuthorization = decode(q)?;
+                log.insert("dc_id".into(), json!(r.dc_id));
+                gate!();
+                if !caller.ports.iter().any(|(dc, _)| *dc == r.dc_id) {
+                    return Err(err("DC_ID_INVALID"));
+                }
+                let bytes: Vec<u8> = (0..32u8)
+                    .map(|i| i.wrapping_mul(31) ^ (r.dc_id as u8) ^ (world.exported.len() as u8))
+                    .collect();
+                world.exported.push((r.dc_id, bytes.clone()));
+                tl::enums::auth::ExportedAuthorization::from(
+                    tl::types::auth::ExportedAuthorization {
+                        id: world.owner_id(),
+                        bytes,
+                    },
+                )
+                .to_bytes()
+            }
+            f::auth::ImportAuthorization::CONSTRUCTOR_ID => {
+                let r: f::auth::ImportAuthorization = decode(q)?;
+                log.insert("id".into(), json!(r.id));
+                gate!();
+                let known = world
+                    .exported
+                    .iter()
+                    .any(|(dc, bytes)| *dc == caller.dc && *bytes == r.bytes);
+                if !known || r.id != world.owner_id() {
+                    return Err(err("AUTH_BYTES_INVALID"));
+                }
+                if !world.authorized.contains(&caller.dc) {
+                    world.authorized.push(caller.dc);
+                }
+                tl::enums::auth::Authorization::from(tl::types::auth::Authorization {
+                    setup_password_required: false,
+                    otherwise_relogin_days: None,
+                    tmp_sessions: None,
+                    future_auth_token: None,
+                    user: world.tl_user(world.owner_id()),
+                })
+                .to_bytes()
+            }
+            f::help::GetConfig::CONSTRUCTOR_ID => {
+                gate!();
+                config(world, caller).to_bytes()
+            }
             f::users::GetUsers::CONSTRUCTOR_ID => {
                 let r: f::users::GetUsers = decode(q)?;
+                gate!();
                 let mut ids = Vec::new();
                 let users: Vec<tl::enums::User> =
                     r.id.iter()
@@ -192,6 +266,7 @@ pub fn answer(world: &mut World, caller: &Caller, call: &mut Call<'_>) -> Answer
                 users.to_bytes()
             }
             f::updates::GetState::CONSTRUCTOR_ID => {
+                gate!();
                 tl::enums::updates::State::State(world.state()).to_bytes()
             }
             f::updates::GetDifference::CONSTRUCTOR_ID => {
@@ -199,6 +274,7 @@ pub fn answer(world: &mut World, caller: &Caller, call: &mut Call<'_>) -> Answer
                 log.insert("pts".into(), json!(r.pts));
                 log.insert("date".into(), json!(r.date));
                 log.insert("qts".into(), json!(r.qts));
+                gate!();
                 let d = difference(world, r.pts);
                 if let tl::enums::updates::Difference::Difference(d) = &d {
                     log.insert("new_messages".into(), json!(d.new_messages.len()));
@@ -210,18 +286,21 @@ pub fn answer(world: &mut World, caller: &Caller, call: &mut Call<'_>) -> Answer
                 log.insert("channel".into(), channel_json(&r.channel));
                 log.insert("pts".into(), json!(r.pts));
                 log.insert("limit".into(), json!(r.limit));
+                gate!();
                 let id = world.channel_of_input(&r.channel).map_err(err)?;
                 channel_difference(world, id, r.pts).to_bytes()
             }
             f::messages::GetMessages::CONSTRUCTOR_ID => {
                 let r: f::messages::GetMessages = decode(q)?;
                 log.insert("ids".into(), json!(message_ids(&r.id)));
+                gate!();
                 get_messages(world, None, &r.id).to_bytes()
             }
             f::channels::GetMessages::CONSTRUCTOR_ID => {
                 let r: f::channels::GetMessages = decode(q)?;
                 log.insert("channel".into(), channel_json(&r.channel));
                 log.insert("ids".into(), json!(message_ids(&r.id)));
+                gate!();
                 let id = world.channel_of_input(&r.channel).map_err(err)?;
                 get_messages(world, Some(Peer::Channel(id)), &r.id).to_bytes()
             }
@@ -236,6 +315,7 @@ pub fn answer(world: &mut World, caller: &Caller, call: &mut Call<'_>) -> Answer
                 log.insert("message".into(), json!(r.message));
                 log.insert("random_id".into(), json!(r.random_id));
                 log.insert("no_webpage".into(), json!(r.no_webpage));
+                gate!();
                 let peer = world.peer_of_input(&r.peer).map_err(err)?;
                 send_message(world, peer, &r.message, reply_to, r.random_id, log)?
             }
@@ -244,6 +324,7 @@ pub fn answer(world: &mut World, caller: &Caller, call: &mut Call<'_>) -> Answer
                 log.insert("peer".into(), peer_json(&r.peer));
                 log.insert("id".into(), json!(r.id));
                 log.insert("message".into(), json!(r.message));
+                gate!();
                 let peer = world.peer_of_input(&r.peer).map_err(err)?;
                 let text = r.message.clone().unwrap_or_default();
                 let update = world.edit_message(peer, r.id, &text).map_err(err)?;
@@ -257,20 +338,26 @@ pub fn answer(world: &mut World, caller: &Caller, call: &mut Call<'_>) -> Answer
                 let tl::enums::InputFileLocation::InputDocumentFileLocation(loc) = &r.location
                 else {
                     log.insert("location".into(), json!(format!("{:?}", r.location)));
+                    gate!();
                     return Err(err("LOCATION_INVALID"));
                 };
                 log.insert(
                     "location".into(),
                     json!({"document": loc.id, "access_hash": loc.access_hash}),
                 );
+                gate!();
                 get_file(world, caller, loc, r.offset, r.limit, r.precise)?
             }
             f::contacts::ResolveUsername::CONSTRUCTOR_ID => {
                 let r: f::contacts::ResolveUsername = decode(q)?;
                 log.insert("username".into(), json!(r.username));
+                gate!();
                 resolve_username(world, &r.username)?
             }
-            _ => return Err(Answer::Error(400, "INPUT_METHOD_INVALID".into())),
+            _ => {
+                gate!();
+                return Err(Answer::Error(400, "INPUT_METHOD_INVALID".into()));
+            }
         })
     })();
     match result {
@@ -279,11 +366,13 @@ pub fn answer(world: &mut World, caller: &Caller, call: &mut Call<'_>) -> Answer
     }
 }
 
-/// `help.getConfig`: every data center at the loopback port, marked static so the client
+/// `help.getConfig`: every data center at its loopback port, marked static so the client
 /// stores the address (it ignores options without `static`).
 fn config(world: &World, caller: &Caller) -> tl::enums::Config {
-    let dc_options = (1..=5)
-        .map(|id| {
+    let dc_options = caller
+        .ports
+        .iter()
+        .map(|&(id, port)| {
             tl::types::DcOption {
                 ipv6: false,
                 media_only: false,
@@ -293,7 +382,7 @@ fn config(world: &World, caller: &Caller) -> tl::enums::Config {
                 this_port_only: false,
                 id,
                 ip_address: "127.0.0.1".into(),
-                port: i32::from(caller.port),
+                port: i32::from(port),
                 secret: None,
             }
             .into()

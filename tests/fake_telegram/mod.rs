@@ -1,12 +1,18 @@
 //! A fake Telegram data center on 127.0.0.1 for the real grammers client inside the real
 //! `voice-transcriber` binary.
 //!
-//! It speaks MTProto 2.0 over the "full" TCP transport with a permanent key that it writes into
+//! It speaks MTProto 2.0 over the "full" TCP transport with permanent keys that it writes into
 //! the daemon's session itself (so the client skips the key exchange, which no fake can do
 //! without Telegram's private keys), answers the API methods the daemon uses from a
 //! **scenario** (accounts, chats, messages, audio files), pushes messages as updates or keeps
-//! them for `updates.getDifference`, and logs every request it decodes as one JSON object per
-//! line.
+//! them for `updates.getDifference` / `updates.getChannelDifference`, and logs every request it
+//! decodes as one JSON object per line.
+//!
+//! Data centers 1 to 5 each listen on a port of their own, each with its own pre-shared key.
+//! The owner is logged in on the home one only: elsewhere every method but `help.getConfig` and
+//! `auth.importAuthorization` answers 401 AUTH_KEY_UNREGISTERED until the authorization is
+//! exported from home (`auth.exportAuthorization`) and imported there, as on Telegram. A file
+//! asked for on a data center that does not hold it answers 303 FILE_MIGRATE_<dc>.
 //!
 //! Used two ways: in-process by the integration tests (`tests/telegram_fake_dc.rs`:
 //! [`FakeDc::start`]), and as a program,
@@ -56,6 +62,9 @@
 //! access_hash = 777         # supergroups only
 //! title = "Family"
 //! members = ["ann", "bob"]  # informational
+//! pts = 1                   # supergroups: the group's pts when the session is written
+//! known = true              # supergroups: the session already knows the group (hash, pts),
+//!                           # so the client catches up with updates.getChannelDifference
 //!
 //! # Messages, in delivery order.
 //! [[messages]]
@@ -75,6 +84,8 @@
 //! kind = "voice"            # "voice" (default), "audio" or "video_note"
 //! mime_type = "audio/ogg"   # default by kind
 //! dc = 2                    # data center holding the file (default: home)
+//! listed_dc = 1             # data center the document names (default: dc); when it differs,
+//!                           # that one answers FILE_MIGRATE_<dc>
 //!
 //! # Misbehaviour on chosen calls (method names as in the TL schema).
 //! [[faults]]
@@ -96,8 +107,9 @@
 //! {"channel": id, "access_hash": h} / "self"), `reply_to`, `message`, `random_id`, `sent_id`
 //! (sendMessage); `peer`, `id`, `message` (editMessage); `ids` (getMessages, getUsers);
 //! `location` ({"document": id, "access_hash": h}), `offset`, `limit` (upload.getFile); `pts`,
-//! `date`, `qts`, `new_messages` (getDifference); `username`; and `layer`, `init` on the
-//! first request of a connection. Server events carry `event` instead: "connect",
+//! `date`, `qts`, `new_messages` (getDifference); `channel`, `pts`, `limit`
+//! (getChannelDifference); `dc_id` (auth.exportAuthorization); `username`; and `layer`, `init`
+//! on the first request of a connection. Server events carry `event` instead: "connect",
 //! "disconnect", "new_session", "synced", "push", "ping", "gzip_packed",
 //! "key_exchange_refused".
 #![allow(dead_code)]
@@ -114,7 +126,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use grammers_session::types::{DcOption, PeerAuth, PeerInfo, UpdateState, UpdatesState};
+use grammers_session::types::{
+    ChannelState, DcOption, PeerAuth, PeerInfo, UpdateState, UpdatesState,
+};
 use grammers_session::Session as _;
 use serde_json::Value;
 
@@ -125,10 +139,27 @@ use server::{RequestLog, Shared};
 pub const API_ID: i32 = 12345;
 pub const API_HASH: &str = "0123456789abcdef0123456789abcdef";
 
+/// Data center ids served, each on a port of its own.
+pub const DCS: std::ops::RangeInclusive<i32> = 1..=5;
+
+/// The permanent key of a data center other than the home one (the home key is the
+/// scenario's). Pre-shared like the home key, since the fake cannot do the key exchange.
+fn other_dc_key(home: &[u8; 256], dc: i32) -> [u8; 256] {
+    let mut key = *home;
+    for (i, b) in key.iter_mut().enumerate() {
+        *b = b
+            .wrapping_add((dc as u8).wrapping_mul(37))
+            .rotate_left((i % 7) as u32);
+    }
+    key
+}
+
 /// A running fake data center. Dropping it stops the server.
 pub struct FakeDc {
-    /// Where it listens (every data center id is served on this one port).
+    /// The home data center's address.
     pub addr: SocketAddrV4,
+    /// Every data center's address.
+    pub dcs: Vec<(i32, SocketAddrV4)>,
     shared: Arc<Shared>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
@@ -138,18 +169,36 @@ impl FakeDc {
     /// Binds 127.0.0.1 on a free port and serves the scenario on a thread of its own. With
     /// `log_file`, the request log is also appended there.
     pub fn start(scenario: Scenario, log_file: Option<&Path>) -> Result<FakeDc, String> {
-        let key = crypto::AuthKey::new(scenario.server.key()?);
+        let home_key = scenario.server.key()?;
         let home = scenario.server.home_dc;
+        if !DCS.contains(&home) {
+            return Err(format!("server.home_dc must be in {DCS:?}"));
+        }
         let world = world::World::new(scenario)?;
-        let listener = std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
-            .map_err(|e| format!("bind: {e}"))?;
-        listener
-            .set_nonblocking(true)
-            .map_err(|e| format!("listener: {e}"))?;
-        let std::net::SocketAddr::V4(addr) = listener.local_addr().map_err(|e| e.to_string())?
-        else {
-            unreachable!("bound to an IPv4 address")
-        };
+        let mut keys = Vec::new();
+        let mut listeners = Vec::new();
+        let mut dcs = Vec::new();
+        for dc in DCS {
+            let key = if dc == home {
+                home_key
+            } else {
+                other_dc_key(&home_key, dc)
+            };
+            keys.push((dc, crypto::AuthKey::new(key)));
+            let listener = std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
+                .map_err(|e| format!("bind: {e}"))?;
+            listener
+                .set_nonblocking(true)
+                .map_err(|e| format!("listener: {e}"))?;
+            let std::net::SocketAddr::V4(addr) =
+                listener.local_addr().map_err(|e| e.to_string())?
+            else {
+                unreachable!("bound to an IPv4 address")
+            };
+            dcs.push((dc, addr));
+            listeners.push((dc, listener));
+        }
+        let addr = dcs.iter().find(|(dc, _)| *dc == home).unwrap().1;
         let file = match log_file {
             Some(p) => Some(
                 std::fs::OpenOptions::new()
@@ -162,8 +211,8 @@ impl FakeDc {
         };
         let shared = Arc::new(Shared::new(
             world,
-            vec![(home, key)],
-            addr.port(),
+            keys,
+            dcs.iter().map(|(dc, a)| (*dc, a.port())).collect(),
             RequestLog::new(file),
         ));
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
@@ -176,17 +225,18 @@ impl FakeDc {
                     .build()
                     .expect("runtime for the fake data center");
                 rt.block_on(async move {
-                    let listener = tokio::net::TcpListener::from_std(listener)
-                        .expect("listener into the runtime");
-                    tokio::select! {
-                        _ = server::serve(serving, listener) => {}
-                        _ = stopped => {}
+                    for (dc, listener) in listeners {
+                        let listener = tokio::net::TcpListener::from_std(listener)
+                            .expect("listener into the runtime");
+                        tokio::spawn(server::serve(Arc::clone(&serving), listener, dc));
                     }
+                    let _ = stopped.await;
                 });
             })
             .map_err(|e| format!("thread: {e}"))?;
         Ok(FakeDc {
             addr,
+            dcs,
             shared,
             stop: Some(stop),
             thread: Some(thread),
@@ -200,7 +250,7 @@ impl FakeDc {
     /// path.
     pub fn write_state_dir(&self, dir: &Path, extra_config: &str) -> Result<PathBuf, String> {
         std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-        let (home, owner, pts, tracked) = {
+        let (home, owner, pts, tracked, channels) = {
             let w = self.shared.world.lock().unwrap();
             let tracked: Vec<(i64, String)> = w
                 .scenario
@@ -215,29 +265,31 @@ impl FakeDc {
                     (u.id, name)
                 })
                 .collect();
+            let channels: Vec<(i64, i64, i32)> = w
+                .scenario
+                .chats
+                .iter()
+                .filter(|c| c.kind == scenario::ChatKind::Supergroup && c.known)
+                .map(|c| (c.id, c.access_hash, c.pts))
+                .collect();
             (
                 w.home_dc,
                 (w.scenario.owner.id, w.scenario.owner.access_hash),
                 w.scenario.server.pts,
                 tracked,
+                channels,
             )
         };
-        let key = self
-            .shared
-            .keys
-            .iter()
-            .find(|(dc, _)| *dc == home)
-            .map(|(_, k)| k.bytes());
         let path = voice_transcriber::telegram::session_path(dir);
         let _ = std::fs::remove_file(&path);
         let session = voice_transcriber::telegram::FileSession::new(&path);
         let rt = tokio::runtime::Builder::new_current_thread()
             .build()
             .map_err(|e| e.to_string())?;
-        let addr = self.addr;
         rt.block_on(async {
             session.set_home_dc_id(home).await?;
-            for id in 1..=5 {
+            for &(id, addr) in &self.dcs {
+                let key = self.shared.keys.iter().find(|(dc, _)| *dc == id);
                 session
                     .set_dc_option(&DcOption {
                         id,
@@ -248,7 +300,7 @@ impl FakeDc {
                             0,
                             0,
                         ),
-                        auth_key: if id == home { key } else { None },
+                        auth_key: key.map(|(_, k)| k.bytes()),
                     })
                     .await?;
             }
@@ -260,13 +312,25 @@ impl FakeDc {
                     is_self: Some(true),
                 })
                 .await?;
+            for &(id, hash, _) in &channels {
+                session
+                    .cache_peer(PeerInfo::Channel {
+                        id,
+                        auth: Some(PeerAuth::from_hash(hash)),
+                        kind: None,
+                    })
+                    .await?;
+            }
             session
                 .set_update_state(UpdateState::All(UpdatesState {
                     pts,
                     qts: 0,
                     date: world::now() - 60,
                     seq: 0,
-                    channels: Vec::new(),
+                    channels: channels
+                        .iter()
+                        .map(|&(id, _, pts)| ChannelState { id, pts })
+                        .collect(),
                 }))
                 .await
         })

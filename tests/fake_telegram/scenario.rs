@@ -140,6 +140,22 @@ pub struct Chat {
     /// User keys of the members besides the owner (informational for now).
     #[serde(default)]
     pub members: Vec<String>,
+    /// Supergroups: the group's update position (`pts`) when the session is written; offline
+    /// messages come after it.
+    #[serde(default = "one_pts")]
+    pub pts: i32,
+    /// Supergroups: the session already knows the group (its access hash and `pts`), as after
+    /// an earlier run, so the client catches up on it with `updates.getChannelDifference`.
+    #[serde(default = "yes")]
+    pub known: bool,
+}
+
+fn one_pts() -> i32 {
+    1
+}
+
+fn yes() -> bool {
+    true
 }
 
 /// How a message reaches the client.
@@ -210,6 +226,10 @@ pub struct Voice {
     /// The data center holding the file; default: the home one.
     #[serde(default)]
     pub dc: Option<i32>,
+    /// The data center the document claims to be on (default: `dc`); when they differ, that
+    /// one answers FILE_MIGRATE_<dc>.
+    #[serde(default)]
+    pub listed_dc: Option<i32>,
 }
 
 /// What a fault does instead of the normal answer.

@@ -32,9 +32,10 @@ pub const SERVER_SALT: i64 = 0x1122_3344_5566_7788;
 /// State shared by all connections and the handle the tests hold.
 pub struct Shared {
     pub world: Mutex<World>,
-    /// Permanent keys by key id, with the data center each belongs to.
+    /// The permanent key of each data center.
     pub keys: Vec<(i32, AuthKey)>,
-    pub port: u16,
+    /// Each data center's port.
+    pub ports: Vec<(i32, u16)>,
     pub log: Mutex<RequestLog>,
     conns: Mutex<Vec<Conn>>,
     next_conn: AtomicU64,
@@ -86,7 +87,7 @@ impl RequestLog {
 /// What the writer task sends.
 enum Out {
     /// Use this key and session from now on.
-    Session { key: AuthKey, session_id: i64 },
+    Session { key: Box<AuthKey>, session_id: i64 },
     /// One MTProto message: body, content-related (odd seqno)?, answer to a client message?
     Msg {
         body: Vec<u8>,
@@ -100,11 +101,16 @@ enum Out {
 }
 
 impl Shared {
-    pub fn new(world: World, keys: Vec<(i32, AuthKey)>, port: u16, log: RequestLog) -> Self {
+    pub fn new(
+        world: World,
+        keys: Vec<(i32, AuthKey)>,
+        ports: Vec<(i32, u16)>,
+        log: RequestLog,
+    ) -> Self {
         Shared {
             world: Mutex::new(world),
             keys,
-            port,
+            ports,
             log: Mutex::new(log),
             conns: Mutex::new(Vec::new()),
             next_conn: AtomicU64::new(1),
@@ -173,8 +179,8 @@ impl Shared {
     }
 }
 
-/// Accepts connections until the task is dropped.
-pub async fn serve(shared: Arc<Shared>, listener: TcpListener) {
+/// Accepts connections to data center `dc` until the task is dropped.
+pub async fn serve(shared: Arc<Shared>, listener: TcpListener, dc: i32) {
     loop {
         let Ok((stream, _)) = listener.accept().await else {
             continue;
@@ -183,8 +189,8 @@ pub async fn serve(shared: Arc<Shared>, listener: TcpListener) {
         let shared = Arc::clone(&shared);
         tokio::spawn(async move {
             let id = shared.next_conn.fetch_add(1, Ordering::SeqCst);
-            shared.log_event("connect", json!({"conn": id}));
-            let why = connection(&shared, stream, id).await;
+            shared.log_event("connect", json!({"conn": id, "dc": dc}));
+            let why = connection(&shared, stream, id, dc).await;
             shared.conns.lock().unwrap().retain(|c| c.id != id);
             shared.log_event("disconnect", json!({"conn": id, "why": why}));
         });
@@ -241,7 +247,7 @@ async fn writer(
         match out {
             Out::Session { key, session_id } => {
                 state = Some((
-                    key,
+                    *key,
                     Numbering {
                         session_id,
                         last_msg_id: 0,
@@ -279,6 +285,8 @@ async fn writer(
 /// Per-connection reader state.
 struct Reader {
     id: u64,
+    /// The data center this connection reached.
+    dc: i32,
     key: Option<(i32, AuthKey)>,
     session_id: Option<i64>,
     tx: mpsc::UnboundedSender<Out>,
@@ -287,13 +295,14 @@ struct Reader {
 }
 
 /// Serves one connection; returns why it ended.
-async fn connection(shared: &Arc<Shared>, stream: TcpStream, id: u64) -> String {
+async fn connection(shared: &Arc<Shared>, stream: TcpStream, id: u64, dc: i32) -> String {
     let (r, w) = stream.into_split();
     let mut reader = FrameReader::new(r);
     let (tx, rx) = mpsc::unbounded_channel();
     let writer = tokio::spawn(writer(FrameWriter::new(w), rx));
     let mut conn = Reader {
         id,
+        dc,
         key: None,
         session_id: None,
         tx,
@@ -336,9 +345,18 @@ impl Reader {
             let _ = self.tx.send(Out::TransportError(404));
             return Err("plain (unencrypted) message: key exchange not supported".into());
         };
-        let Some((dc, key)) = shared.keys.iter().find(|(_, k)| k.id() == key_id).cloned() else {
+        let dc = self.dc;
+        let Some((_, key)) = shared
+            .keys
+            .iter()
+            .find(|(d, k)| *d == dc && k.id() == key_id)
+            .cloned()
+        else {
+            // Telegram's answer to a key it does not know: the transport error 404.
             let _ = self.tx.send(Out::TransportError(404));
-            return Err(format!("unknown auth key id {key_id:02x?}"));
+            return Err(format!(
+                "auth key {key_id:02x?} is unknown to data center {dc}"
+            ));
         };
         let plain =
             crypto::decrypt_from_client(&key, packet).map_err(|e| format!("decrypt: {e:?}"))?;
@@ -367,7 +385,7 @@ impl Reader {
         if self.session_id != Some(session_id) {
             self.session_id = Some(session_id);
             let _ = self.tx.send(Out::Session {
-                key: key.clone(),
+                key: Box::new(key.clone()),
                 session_id,
             });
             if shared.sessions.lock().unwrap().insert(session_id) {
@@ -530,7 +548,7 @@ impl Reader {
         let method = call.method;
         let caller = Caller {
             dc,
-            port: shared.port,
+            ports: shared.ports.clone(),
         };
         let (answer, gzip_over, n) = {
             let mut world = shared.world.lock().unwrap();
@@ -545,21 +563,19 @@ impl Reader {
                 .iter()
                 .find(|f| f.method == method && n >= f.call && n < f.call + f.times)
                 .cloned();
-            let answer = match fault {
-                Some(f) => {
-                    call.log
-                        .insert("fault".into(), json!(format!("{:?}", f.action)));
-                    match f.action {
-                        FaultAction::Error => Answer::Error(
-                            f.error_code(),
-                            f.error.clone().unwrap_or_else(|| "INTERNAL".into()),
-                        ),
-                        FaultAction::Drop => Answer::Drop,
-                        FaultAction::Stall => Answer::Stall,
-                    }
+            let fault = fault.map(|f| {
+                call.log
+                    .insert("fault".into(), json!(format!("{:?}", f.action)));
+                match f.action {
+                    FaultAction::Error => Answer::Error(
+                        f.error_code(),
+                        f.error.clone().unwrap_or_else(|| "INTERNAL".into()),
+                    ),
+                    FaultAction::Drop => Answer::Drop,
+                    FaultAction::Stall => Answer::Stall,
                 }
-                None => api::answer(&mut world, &caller, &mut call),
-            };
+            });
+            let answer = api::answer(&mut world, &caller, &mut call, fault);
             let gzip_over = if method == "upload.getFile" {
                 0
             } else {

@@ -54,7 +54,10 @@ pub struct Doc {
     pub id: i64,
     pub access_hash: i64,
     pub file_reference: Vec<u8>,
+    /// Where the file is served.
     pub dc: i32,
+    /// The `dc_id` the document names (another one makes the client meet FILE_MIGRATE).
+    pub listed_dc: i32,
     pub mime_type: String,
     pub duration_s: f64,
     pub kind: AudioKind,
@@ -100,6 +103,11 @@ pub struct World {
     next_doc_id: i64,
     /// Calls so far, by method name (for faults).
     pub calls: HashMap<String, u32>,
+    /// Data centers where the owner is logged in (the home one; others after
+    /// `auth.importAuthorization`).
+    pub authorized: Vec<i32>,
+    /// Authorizations exported for other data centers: (data center, bytes).
+    pub exported: Vec<(i32, Vec<u8>)>,
 }
 
 impl World {
@@ -116,7 +124,7 @@ impl World {
             channels.insert(
                 c.id,
                 ChannelBox {
-                    pts: 1,
+                    pts: c.pts,
                     next_id: 1,
                     log: Vec::new(),
                 },
@@ -133,6 +141,8 @@ impl World {
             next_id: 1,
             next_doc_id: 5_000_000_000_000_000_001,
             calls: HashMap::new(),
+            authorized: vec![home_dc],
+            exported: Vec::new(),
         };
         let offline: Vec<scenario::Message> = world
             .scenario
@@ -375,6 +385,7 @@ impl World {
             access_hash: id ^ 0x5a5a_5a5a_5a5a,
             file_reference: id.to_le_bytes().to_vec(),
             dc: v.dc.unwrap_or(self.home_dc),
+            listed_dc: v.listed_dc.or(v.dc).unwrap_or(self.home_dc),
             mime_type,
             duration_s: v.duration_s,
             kind: v.kind,
@@ -768,7 +779,7 @@ fn tl_media(d: &Doc) -> tl::enums::MessageMedia {
                 size: d.bytes.len() as i64,
                 thumbs: None,
                 video_thumbs: None,
-                dc_id: d.dc,
+                dc_id: d.listed_dc,
                 attributes: vec![attribute],
             }
             .into(),
