@@ -752,3 +752,66 @@ after_s = 1.0
     assert_eq!(edit["answer"], "ok");
     assert_eq!(daemon.stop(&dc).code(), Some(0), "{}", daemon.log());
 }
+
+/// The JFK clip as a 16 kHz mono 32-bit float WAV: about 700 KB, more than one 512 KiB part.
+fn jfk_wav(dir: &Path) -> PathBuf {
+    let samples = voice_transcriber::audio::decode_file(&jfk()).unwrap();
+    let data_len = (samples.len() * 4) as u32;
+    let mut wav = Vec::with_capacity(44 + data_len as usize);
+    wav.extend_from_slice(b"RIFF");
+    wav.extend_from_slice(&(36 + data_len).to_le_bytes());
+    wav.extend_from_slice(b"WAVEfmt ");
+    wav.extend_from_slice(&16u32.to_le_bytes());
+    wav.extend_from_slice(&3u16.to_le_bytes()); // IEEE float
+    wav.extend_from_slice(&1u16.to_le_bytes()); // mono
+    wav.extend_from_slice(&16_000u32.to_le_bytes());
+    wav.extend_from_slice(&(16_000u32 * 4).to_le_bytes());
+    wav.extend_from_slice(&4u16.to_le_bytes());
+    wav.extend_from_slice(&32u16.to_le_bytes());
+    wav.extend_from_slice(b"data");
+    wav.extend_from_slice(&data_len.to_le_bytes());
+    for s in samples {
+        wav.extend_from_slice(&s.to_le_bytes());
+    }
+    let path = dir.join("jfk.wav");
+    std::fs::write(&path, wav).unwrap();
+    path
+}
+
+#[test]
+fn a_voice_bigger_than_one_part_is_downloaded_in_512_kib_parts() {
+    let clips = tempfile::tempdir().unwrap();
+    let wav = jfk_wav(clips.path());
+    let size = std::fs::metadata(&wav).unwrap().len() as i64;
+    assert!(size > 512 * 1024, "{size}");
+    let dc = FakeDc::start(
+        scenario(&format!(
+            r#"
+[[messages]]
+chat = "ann"
+after_s = 0.5
+[messages.voice]
+file = {wav:?}
+duration_s = 11
+mime_type = "audio/wav"
+"#
+        )),
+        None,
+    )
+    .unwrap();
+    let mut daemon = Daemon::start(&dc);
+    let id = daemon.wait(&dc, 60, "the voice push", |log| {
+        log.iter()
+            .find(|e| e["event"] == "push")
+            .and_then(|e| e["id"].as_i64())
+    });
+    let (text, _) = daemon.wait(&dc, 180, "the transcript reply", |log| reply_to(log, id));
+    assert!(jfk_ok(&text), "transcript: {text}");
+    let parts: Vec<(i64, i64)> = dc
+        .calls("upload.getFile")
+        .iter()
+        .map(|c| (c["offset"].as_i64().unwrap(), c["limit"].as_i64().unwrap()))
+        .collect();
+    assert_eq!(parts, [(0, 524_288), (524_288, 524_288)]);
+    assert_eq!(daemon.stop(&dc).code(), Some(0), "{}", daemon.log());
+}
