@@ -240,6 +240,13 @@ duration_s = 11
     assert_eq!(file["offset"], 0);
     assert_eq!(file["limit"], 512 * 1024);
     assert!(log.iter().any(|e| e["event"] == "new_session"));
+    // A client with a saved key starts with salt 0: told the right one, it sent again.
+    let salt = log
+        .iter()
+        .position(|e| e["event"] == "bad_server_salt")
+        .expect("the first message carried the wrong salt");
+    let config = log.iter().position(|e| e["method"] == "help.getConfig").unwrap();
+    assert!(salt < config);
 }
 
 // ---- the daemon end to end ------------------------------------------------------------------

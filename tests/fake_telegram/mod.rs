@@ -41,6 +41,8 @@
 //! auth_key = "…"            # 512 hex digits; default: a fixed test key
 //! gzip_over = 1024          # answers bigger than this are sent gzip_packed (0: never;
 //!                           # file chunks never are)
+//! check_salt = true         # a message with a wrong salt gets bad_server_salt and is
+//!                           # ignored, as on Telegram (default true)
 //!
 //! # Other accounts; `key` is how chats and messages name them.
 //! [[users]]
@@ -110,7 +112,7 @@
 //! `date`, `qts`, `new_messages` (getDifference); `channel`, `pts`, `limit`
 //! (getChannelDifference); `dc_id` (auth.exportAuthorization); `username`; and `layer`, `init`
 //! on the first request of a connection. Server events carry `event` instead: "connect",
-//! "disconnect", "new_session", "synced", "push", "ping", "gzip_packed",
+//! "disconnect", "new_session", "bad_server_salt", "synced", "push", "ping", "gzip_packed",
 //! "key_exchange_refused".
 #![allow(dead_code)]
 

@@ -60,6 +60,9 @@ pub struct Server {
     pub auth_key: Option<String>,
     /// Answers bigger than this many bytes (file chunks aside) are sent gzip-packed; 0: never.
     pub gzip_over: usize,
+    /// Messages with another salt than the server's are answered with `bad_server_salt` and
+    /// ignored, as Telegram does (a client with a saved key starts with salt 0).
+    pub check_salt: bool,
 }
 
 impl Default for Server {
@@ -69,6 +72,7 @@ impl Default for Server {
             pts: 100,
             auth_key: None,
             gzip_over: 1024,
+            check_salt: true,
         }
     }
 }

@@ -362,7 +362,7 @@ impl Reader {
             crypto::decrypt_from_client(&key, packet).map_err(|e| format!("decrypt: {e:?}"))?;
         let mut cur = Cursor::from_slice(&plain);
         let bad = |e: tl::deserialize::Error| format!("malformed message: {e}");
-        let _salt = i64::deserialize(&mut cur).map_err(bad)?;
+        let salt = i64::deserialize(&mut cur).map_err(bad)?;
         let session_id = i64::deserialize(&mut cur).map_err(bad)?;
         let msg_id = i64::deserialize(&mut cur).map_err(bad)?;
         let seq_no = i32::deserialize(&mut cur).map_err(bad)?;
@@ -388,6 +388,24 @@ impl Reader {
                 key: Box::new(key.clone()),
                 session_id,
             });
+        }
+        let check_salt = shared.world.lock().unwrap().scenario.server.check_salt;
+        if check_salt && salt != SERVER_SALT {
+            // As Telegram: the message is ignored, the client learns the salt and sends it again.
+            shared.log_event(
+                "bad_server_salt",
+                json!({"conn": self.id, "salt": salt, "msg_id": msg_id}),
+            );
+            let notice = tl::enums::BadMsgNotification::from(tl::types::BadServerSalt {
+                bad_msg_id: msg_id,
+                bad_msg_seqno: seq_no,
+                error_code: 48,
+                new_server_salt: SERVER_SALT,
+            });
+            self.send(notice.to_bytes(), false, true);
+            return Ok(());
+        }
+        {
             if shared.sessions.lock().unwrap().insert(session_id) {
                 shared.log_event(
                     "new_session",
