@@ -245,7 +245,10 @@ duration_s = 11
         .iter()
         .position(|e| e["event"] == "bad_server_salt")
         .expect("the first message carried the wrong salt");
-    let config = log.iter().position(|e| e["method"] == "help.getConfig").unwrap();
+    let config = log
+        .iter()
+        .position(|e| e["method"] == "help.getConfig")
+        .unwrap();
     assert!(salt < config);
 }
 
@@ -358,8 +361,16 @@ impl Daemon {
         }
     }
 
-    /// SIGTERM, then the exit status (killed and failed after 30 s).
+    /// SIGTERM, then the exit status (killed and failed after 30 s). With FAKE_DC_DUMP set,
+    /// both logs are printed first (see them with `-- --nocapture`).
     fn stop(&mut self, dc: &FakeDc) -> ExitStatus {
+        if std::env::var_os("FAKE_DC_DUMP").is_some() {
+            eprintln!(
+                "--- fake data center log:\n{}\n--- daemon log:\n{}",
+                dc.log_text(),
+                self.log()
+            );
+        }
         let mut child = self.child.take().unwrap();
         let pid = nix::unistd::Pid::from_raw(child.id() as i32);
         nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
@@ -890,5 +901,79 @@ fn voices_caught_up_in_one_batch_survive_a_sigkill_and_are_each_answered_once() 
     // 104 when this was written: 3 voices + the reply), so the restart's difference no longer
     // has 42 and 43: it is the spool, written when they were queued, that kept them.
     assert!(diffs[1]["pts"].as_i64().unwrap() > 100, "{diffs:?}");
+    assert_eq!(daemon.stop(&dc).code(), Some(0), "{}", daemon.log());
+}
+
+#[test]
+fn a_download_that_never_answers_is_abandoned_after_the_deadline_and_retried_on_a_new_connection() {
+    // The first chunk request is never answered, but the connection answers the others.
+    let dc = FakeDc::start(
+        live_voice(
+            r#"
+[[faults]]
+method = "upload.getFile"
+call = 1
+action = "stall"
+"#,
+        ),
+        None,
+    )
+    .unwrap();
+    let mut daemon = Daemon::start(&dc);
+    let id = daemon.wait(&dc, 60, "the voice push", |log| {
+        log.iter()
+            .find(|e| e["event"] == "push")
+            .and_then(|e| e["id"].as_i64())
+    });
+    let (text, _) = daemon.wait(&dc, 150, "the transcript reply", |log| reply_to(log, id));
+    assert!(jfk_ok(&text), "transcript: {text}");
+    let chunks = dc.calls("upload.getFile");
+    assert_eq!(chunks[0]["answer"], "stall");
+    let last = chunks.last().unwrap();
+    assert_eq!(last["answer"], "ok");
+    let waited = last["t"].as_f64().unwrap() - chunks[0]["t"].as_f64().unwrap();
+    assert!(
+        waited >= 30.0,
+        "the 30 s request deadline ran out first ({waited:.1} s)"
+    );
+    assert!(
+        daemon.log().contains("no answer from Telegram within 30s"),
+        "{}",
+        daemon.log()
+    );
+    // The missed deadline marks the pool stalled: the supervisor replaces it.
+    let connects = dc.log().iter().filter(|e| e["event"] == "connect").count();
+    assert!(connects >= 2, "{}", dc.log_text());
+    assert_eq!(daemon.stop(&dc).code(), Some(0), "{}", daemon.log());
+}
+
+#[test]
+fn a_connection_that_goes_silent_is_replaced_and_the_voice_still_answered() {
+    // From the first chunk request on, the connection answers nothing but stays open.
+    let dc = FakeDc::start(
+        live_voice(
+            r#"
+[[faults]]
+method = "upload.getFile"
+call = 1
+action = "freeze"
+"#,
+        ),
+        None,
+    )
+    .unwrap();
+    let mut daemon = Daemon::start(&dc);
+    let id = daemon.wait(&dc, 60, "the voice push", |log| {
+        log.iter()
+            .find(|e| e["event"] == "push")
+            .and_then(|e| e["id"].as_i64())
+    });
+    let (text, _) = daemon.wait(&dc, 200, "the transcript reply", |log| reply_to(log, id));
+    assert!(jfk_ok(&text), "transcript: {text}");
+    let chunks = dc.calls("upload.getFile");
+    assert_eq!(chunks[0]["answer"], "freeze");
+    let last = chunks.last().unwrap();
+    assert_eq!(last["answer"], "ok");
+    assert_ne!(chunks[0]["conn"], last["conn"], "{}", dc.log_text());
     assert_eq!(daemon.stop(&dc).code(), Some(0), "{}", daemon.log());
 }

@@ -21,6 +21,8 @@ pub enum Answer {
     Drop,
     /// Never answer.
     Stall,
+    /// Never answer anything on this connection again.
+    Freeze,
 }
 
 /// Who is calling.

@@ -95,7 +95,9 @@
 //! call = 1                  # the first call of that method (counting from 1)
 //! times = 1                 # this many calls in a row (default 1)
 //! action = "error"          # "error" (rpc_error), "drop" (close the connection instead of
-//!                           # answering) or "stall" (never answer)
+//!                           # answering), "stall" (never answer this call) or "freeze"
+//!                           # (from this call on the connection answers nothing, but stays
+//!                           # open: a silently dead link)
 //! error = "FLOOD_WAIT_5"
 //! code = 420                # default from the name: FLOOD_WAIT_* 420, *_MIGRATE_* 303,
 //!                           # AUTH_KEY_* / SESSION_REVOKED 401, else 400
@@ -104,7 +106,7 @@
 //! # Request log
 //! One JSON object per line. Requests carry `method` (TL name, e.g. "messages.sendMessage"),
 //! `call` (how many of that method so far), `dc`, `conn`, `msg_id`, `answer` ("ok",
-//! "420 FLOOD_WAIT_5", "drop", "stall"), `fault` when one applied, `t` (seconds since start),
+//! "420 FLOOD_WAIT_5", "drop", "stall", "freeze"), `fault` when one applied, `t` (seconds since start),
 //! and per method: `peer` ({"user": id, "access_hash": h} / {"chat": id} /
 //! {"channel": id, "access_hash": h} / "self"), `reply_to`, `message`, `random_id`, `sent_id`
 //! (sendMessage); `peer`, `id`, `message` (editMessage); `ids` (getMessages, getUsers);
@@ -113,7 +115,7 @@
 //! (getChannelDifference); `dc_id` (auth.exportAuthorization); `username`; and `layer`, `init`
 //! on the first request of a connection. Server events carry `event` instead: "connect",
 //! "disconnect", "new_session", "bad_server_salt", "synced", "push", "ping", "gzip_packed",
-//! "key_exchange_refused".
+//! "frozen", "key_exchange_refused".
 #![allow(dead_code)]
 
 pub mod api;

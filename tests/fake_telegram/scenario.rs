@@ -245,8 +245,11 @@ pub enum FaultAction {
     Error,
     /// Close the connection without answering.
     Drop,
-    /// Never answer (the connection stays open).
+    /// Never answer this call (the connection stays open and answers others).
     Stall,
+    /// From this call on the connection answers nothing at all, but stays open: a silently
+    /// dead link, as a middlebox that drops everything makes it.
+    Freeze,
 }
 
 /// Misbehaviour on the `call`-th call of `method`.

@@ -292,6 +292,8 @@ struct Reader {
     tx: mpsc::UnboundedSender<Out>,
     /// Set when the connection must close after this packet.
     closing: bool,
+    /// Set when the connection must ignore everything from now on.
+    frozen: bool,
 }
 
 /// Serves one connection; returns why it ended.
@@ -307,6 +309,7 @@ async fn connection(shared: &Arc<Shared>, stream: TcpStream, id: u64, dc: i32) -
         session_id: None,
         tx,
         closing: false,
+        frozen: false,
     };
     let why = loop {
         let packet = match reader.read().await {
@@ -337,6 +340,9 @@ impl Reader {
 
     /// One transport packet from the client.
     fn packet(&mut self, shared: &Arc<Shared>, packet: &[u8]) -> Result<(), String> {
+        if self.frozen {
+            return Ok(());
+        }
         let Some(key_id) = crypto::packet_key_id(packet) else {
             shared.log_event(
                 "key_exchange_refused",
@@ -454,7 +460,7 @@ impl Reader {
                     let mut inner = vec![0; len];
                     cur.read_exact(&mut inner).map_err(bad)?;
                     self.message(shared, dc, inner_id, inner_seq, &inner)?;
-                    if self.closing {
+                    if self.closing || self.frozen {
                         break;
                     }
                 }
@@ -591,6 +597,7 @@ impl Reader {
                     ),
                     FaultAction::Drop => Answer::Drop,
                     FaultAction::Stall => Answer::Stall,
+                    FaultAction::Freeze => Answer::Freeze,
                 }
             });
             let answer = api::answer(&mut world, &caller, &mut call, fault);
@@ -615,6 +622,7 @@ impl Reader {
                 Answer::Error(code, name) => json!(format!("{code} {name}")),
                 Answer::Drop => json!("drop"),
                 Answer::Stall => json!("stall"),
+                Answer::Freeze => json!("freeze"),
             },
         );
         shared.log.lock().unwrap().push(entry);
@@ -630,6 +638,10 @@ impl Reader {
             }
             Answer::Drop => self.closing = true,
             Answer::Stall => {}
+            Answer::Freeze => {
+                self.frozen = true;
+                shared.log_event("frozen", json!({"conn": self.id}));
+            }
         }
 
         if matches!(method, "updates.getState" | "updates.getDifference") {
