@@ -18,6 +18,8 @@ use voice_transcriber::telegram::{self, TelegramOptions};
 const OWNER: i64 = 1000;
 const ANN: i64 = 111;
 const BOB: i64 = 222;
+/// A basic group with Ann and Bob.
+const FAMILY: i64 = 500;
 
 fn jfk() -> PathBuf {
     common::root().join("tests/data/audio_jfk_ask_not.ogg")
@@ -46,6 +48,13 @@ key = "bob"
 id = {BOB}
 access_hash = 6666
 first_name = "Bob"
+
+[[chats]]
+key = "family"
+kind = "group"
+id = {FAMILY}
+title = "Family"
+members = ["ann", "bob"]
 
 {messages}
 "#
@@ -458,10 +467,28 @@ chat = "ann"
 text = ""
 after_s = 0.5
 [messages.voice]
-file = {:?}
+file = {jfk:?}
+duration_s = 11
+
+[[messages]]
+chat = "family"
+from = "ann"
+text = "in the group"
+after_s = 1.0
+[messages.voice]
+file = {jfk:?}
+duration_s = 11
+
+[[messages]]
+chat = "family"
+from = "bob"
+text = "Bob is not tracked"
+after_s = 1.0
+[messages.voice]
+file = {jfk:?}
 duration_s = 11
 "#,
-            jfk()
+            jfk = jfk()
         )),
         None,
     )
@@ -492,13 +519,26 @@ duration_s = 11
     let chunks = dc.calls("upload.getFile");
     assert!(!chunks.is_empty());
     let size = std::fs::metadata(jfk()).unwrap().len() as i64;
+    let first_doc = &chunks[0]["location"]["document"];
     let mut offset = 0;
-    for c in &chunks {
+    for c in chunks
+        .iter()
+        .filter(|c| &c["location"]["document"] == first_doc)
+    {
         assert_eq!(c["offset"], offset, "chunks in order: {c}");
         assert_eq!(c["answer"], "ok");
         offset += c["limit"].as_i64().unwrap();
     }
     assert!(offset >= size, "the whole file was fetched");
+
+    // In the basic group too, answered in the group; Bob's voice is left alone.
+    let in_group = pushed_id(&log, "in the group").unwrap();
+    let (text, sent) = daemon.wait(&dc, 180, "the group reply", |log| reply_to(log, in_group));
+    assert!(jfk_ok(&text), "transcript: {text}");
+    assert_eq!(sent["peer"], serde_json::json!({"chat": FAMILY}));
+    std::thread::sleep(Duration::from_secs(3));
+    let bobs = pushed_id(&dc.log(), "Bob is not tracked").unwrap();
+    assert!(reply_to(&dc.log(), bobs).is_none(), "Bob is not tracked");
     assert_eq!(daemon.stop(&dc).code(), Some(0), "{}", daemon.log());
 }
 
@@ -877,6 +917,15 @@ fn voices_caught_up_in_one_batch_survive_a_sigkill_and_are_each_answered_once() 
     let dc = FakeDc::start(scenario(&(41..=43).map(voice).collect::<String>()), None).unwrap();
     let mut daemon = Daemon::start(&dc);
     daemon.wait(&dc, 180, "the first reply", |log| reply_to(log, 41));
+    // Kill once the first job is recorded as done. (Killed between the reply and that record,
+    // the daemon answers 41 a second time after the restart: delivery is at least once.)
+    let done = daemon.dir.path().join("spool/done.log");
+    daemon.wait(&dc, 30, "the first job recorded as done", |_| {
+        let text = std::fs::read_to_string(&done).unwrap_or_default();
+        text.lines()
+            .any(|l| l.trim() == format!("{ANN} 41"))
+            .then_some(())
+    });
     daemon.kill();
     daemon.restart();
     daemon.wait(&dc, 240, "replies to all three", |log| {
@@ -975,5 +1024,52 @@ action = "freeze"
     let last = chunks.last().unwrap();
     assert_eq!(last["answer"], "ok");
     assert_ne!(chunks[0]["conn"], last["conn"], "{}", dc.log_text());
+    assert_eq!(daemon.stop(&dc).code(), Some(0), "{}", daemon.log());
+}
+
+#[test]
+fn a_long_catch_up_comes_in_difference_slices_and_every_command_is_answered_once() {
+    // Five commands the owner typed in Saved Messages while the daemon was down, and a
+    // server that hands out at most two updates per updates.getDifference.
+    let commands: String = (1..=5)
+        .map(|_| "[[messages]]\nchat = \"self\"\nfrom = \"owner\"\ntext = \"/status\"\ndelivery = \"offline\"\n".to_string())
+        .collect();
+    let dc = FakeDc::start(
+        scenario(&format!("[server]\ndifference_limit = 2\n{commands}")),
+        None,
+    )
+    .unwrap();
+    let mut daemon = Daemon::start(&dc);
+    let edits = daemon.wait(&dc, 120, "five edits", |log| {
+        let edits: Vec<Value> = log
+            .iter()
+            .filter(|e| e["method"] == "messages.editMessage")
+            .cloned()
+            .collect();
+        (edits.len() >= 5).then_some(edits)
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    let mut ids: Vec<i64> = dc
+        .calls("messages.editMessage")
+        .iter()
+        .map(|e| e["id"].as_i64().unwrap())
+        .collect();
+    ids.sort();
+    assert_eq!(ids, [1, 2, 3, 4, 5], "each command answered once");
+    for e in &edits {
+        assert!(e["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("voice-transcriber"));
+        assert_eq!(e["answer"], "ok", "{e}");
+    }
+    let diffs = dc.calls("updates.getDifference");
+    assert_eq!(diffs[0]["pts"], 100);
+    assert_eq!(diffs[0]["slice"], true, "{diffs:?}");
+    assert_eq!(
+        diffs[1]["pts"], 102,
+        "the next call starts where the slice ended"
+    );
+    assert!(diffs.len() >= 3, "{diffs:?}");
     assert_eq!(daemon.stop(&dc).code(), Some(0), "{}", daemon.log());
 }

@@ -278,8 +278,15 @@ pub fn answer(
                 log.insert("qts".into(), json!(r.qts));
                 gate!();
                 let d = difference(world, r.pts);
-                if let tl::enums::updates::Difference::Difference(d) = &d {
-                    log.insert("new_messages".into(), json!(d.new_messages.len()));
+                match &d {
+                    tl::enums::updates::Difference::Difference(d) => {
+                        log.insert("new_messages".into(), json!(d.new_messages.len()));
+                    }
+                    tl::enums::updates::Difference::Slice(d) => {
+                        log.insert("new_messages".into(), json!(d.new_messages.len()));
+                        log.insert("slice".into(), json!(true));
+                    }
+                    _ => {}
                 }
                 d.to_bytes()
             }
@@ -455,7 +462,13 @@ pub fn difference(world: &World, pts: i32) -> tl::enums::updates::Difference {
     let mut new_messages = Vec::new();
     let mut other_updates = Vec::new();
     let mut msgs = Vec::new();
-    for (_, update) in world.log.iter().filter(|(p, _)| *p > pts) {
+    let pending: Vec<&(i32, tl::enums::Update)> =
+        world.log.iter().filter(|(p, _)| *p > pts).collect();
+    let limit = world.scenario.server.difference_limit.max(1);
+    let sliced = pending.len() > limit;
+    let mut reached = pts;
+    for (p, update) in pending.into_iter().take(limit) {
+        reached = *p;
         if let Some(m) = world.msg_of_update(update) {
             msgs.push(m);
         }
@@ -465,6 +478,19 @@ pub fn difference(world: &World, pts: i32) -> tl::enums::updates::Difference {
         }
     }
     let (users, chats) = world.peers_of(msgs);
+    if sliced {
+        let mut state = world.state();
+        state.pts = reached;
+        return tl::types::updates::DifferenceSlice {
+            new_messages,
+            new_encrypted_messages: Vec::new(),
+            other_updates,
+            chats,
+            users,
+            intermediate_state: state.into(),
+        }
+        .into();
+    }
     tl::types::updates::Difference {
         new_messages,
         new_encrypted_messages: Vec::new(),

@@ -43,6 +43,8 @@
 //!                           # file chunks never are)
 //! check_salt = true         # a message with a wrong salt gets bad_server_salt and is
 //!                           # ignored, as on Telegram (default true)
+//! difference_limit = 100    # most updates per updates.getDifference; the rest follow in
+//!                           # further calls (updates.differenceSlice)
 //!
 //! # Other accounts; `key` is how chats and messages name them.
 //! [[users]]
@@ -111,7 +113,7 @@
 //! {"channel": id, "access_hash": h} / "self"), `reply_to`, `message`, `random_id`, `sent_id`
 //! (sendMessage); `peer`, `id`, `message` (editMessage); `ids` (getMessages, getUsers);
 //! `location` ({"document": id, "access_hash": h}), `offset`, `limit` (upload.getFile); `pts`,
-//! `date`, `qts`, `new_messages` (getDifference); `channel`, `pts`, `limit`
+//! `date`, `qts`, `new_messages`, `slice` (getDifference); `channel`, `pts`, `limit`
 //! (getChannelDifference); `dc_id` (auth.exportAuthorization); `username`; and `layer`, `init`
 //! on the first request of a connection. Server events carry `event` instead: "connect",
 //! "disconnect", "new_session", "bad_server_salt", "synced", "push", "ping", "gzip_packed",

@@ -63,6 +63,8 @@ pub struct Server {
     /// Messages with another salt than the server's are answered with `bad_server_salt` and
     /// ignored, as Telegram does (a client with a saved key starts with salt 0).
     pub check_salt: bool,
+    /// Most updates one `updates.getDifference` returns; more come as `differenceSlice`s.
+    pub difference_limit: usize,
 }
 
 impl Default for Server {
@@ -73,6 +75,7 @@ impl Default for Server {
             auth_key: None,
             gzip_over: 1024,
             check_salt: true,
+            difference_limit: 100,
         }
     }
 }
