@@ -56,6 +56,7 @@
 //! username = "ann"          # optional; contacts.resolveUsername finds it
 //! contact = true            # in the owner's contacts (default false)
 //! tracked = true            # written into the daemon's state.json as tracked (default false)
+//! known = true              # the session already has the user's access hash (default false)
 //!
 //! # Groups. Private chats need no entry: a user key names the chat with that user, and
 //! # "self" names Saved Messages.
@@ -82,6 +83,9 @@
 //!                           # first updates.getState / updates.getDifference (default);
 //!                           # "offline": already there, only updates.getDifference has it
 //! after_s = 2.0
+//! form = "full"             # live texts: "full" (updates with users and chats, default) or
+//!                           # "short" (updateShortMessage / updateShortChatMessage, nothing
+//!                           # attached, as Telegram pushes plain texts)
 //! [messages.voice]          # optional: an audio document served by upload.getFile
 //! file = "../data/audio_jfk_ask_not.ogg"   # relative to the scenario file's folder
 //! duration_s = 11
@@ -256,7 +260,7 @@ impl FakeDc {
     /// path.
     pub fn write_state_dir(&self, dir: &Path, extra_config: &str) -> Result<PathBuf, String> {
         std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-        let (home, owner, pts, tracked, channels) = {
+        let (home, owner, pts, tracked, channels, known_users) = {
             let w = self.shared.world.lock().unwrap();
             let tracked: Vec<(i64, String)> = w
                 .scenario
@@ -278,12 +282,20 @@ impl FakeDc {
                 .filter(|c| c.kind == scenario::ChatKind::Supergroup && c.known)
                 .map(|c| (c.id, c.access_hash, c.pts))
                 .collect();
+            let known_users: Vec<(i64, i64)> = w
+                .scenario
+                .users
+                .iter()
+                .filter(|u| u.known)
+                .map(|u| (u.id, u.access_hash))
+                .collect();
             (
                 w.home_dc,
                 (w.scenario.owner.id, w.scenario.owner.access_hash),
                 w.scenario.server.pts,
                 tracked,
                 channels,
+                known_users,
             )
         };
         let path = voice_transcriber::telegram::session_path(dir);
@@ -318,6 +330,16 @@ impl FakeDc {
                     is_self: Some(true),
                 })
                 .await?;
+            for &(id, hash) in &known_users {
+                session
+                    .cache_peer(PeerInfo::User {
+                        id,
+                        auth: Some(PeerAuth::from_hash(hash)),
+                        bot: Some(false),
+                        is_self: Some(false),
+                    })
+                    .await?;
+            }
             for &(id, hash, _) in &channels {
                 session
                     .cache_peer(PeerInfo::Channel {

@@ -120,6 +120,9 @@ pub struct User {
     /// Written into the daemon's state file as a tracked person.
     #[serde(default)]
     pub tracked: bool,
+    /// The session already has this user's access hash (as after an earlier run).
+    #[serde(default)]
+    pub known: bool,
 }
 
 /// What kind of group.
@@ -202,6 +205,23 @@ pub struct Message {
     /// Attached voice message or audio file.
     #[serde(default)]
     pub voice: Option<Voice>,
+    /// How a live text message is pushed.
+    #[serde(default)]
+    pub form: Form,
+}
+
+/// The shape of a pushed message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Form {
+    /// `updates` with `updateNewMessage` (or `updateNewChannelMessage`) and the users and
+    /// chats it names.
+    #[default]
+    Full,
+    /// `updateShortMessage` (private chat) or `updateShortChatMessage` (basic group): no
+    /// users or chats attached, as Telegram sends plain texts. Text only; supergroups and
+    /// media fall back to `full`.
+    Short,
 }
 
 /// What kind of audio document.

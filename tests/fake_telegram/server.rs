@@ -168,7 +168,11 @@ impl Shared {
             let mut world = self.world.lock().unwrap();
             let update = world.deliver(m)?;
             let id = world.msg_of_update(&update).map(|m| m.id).unwrap_or(0);
-            (world.updates(vec![update]), id)
+            let short = match m.form {
+                scenario::Form::Short => world.short_updates(&update),
+                scenario::Form::Full => None,
+            };
+            (short.unwrap_or_else(|| world.updates(vec![update])), id)
         };
         let reached = self.push(&updates);
         self.log_event(

@@ -641,6 +641,62 @@ impl World {
         self.message(peer, m.id)
     }
 
+    /// The short form of a new text message's update (`updateShortMessage` /
+    /// `updateShortChatMessage`); `None` where Telegram has no short form.
+    pub fn short_updates(&self, update: &tl::enums::Update) -> Option<tl::enums::Updates> {
+        let tl::enums::Update::NewMessage(u) = update else {
+            return None;
+        };
+        let m = self.msg_of_update(update)?;
+        if m.media.is_some() {
+            return None;
+        }
+        let reply_to = match &u.message {
+            tl::enums::Message::Message(raw) => raw.reply_to.clone(),
+            _ => None,
+        };
+        Some(match m.peer {
+            Peer::User(user_id) => tl::types::UpdateShortMessage {
+                out: m.out,
+                mentioned: false,
+                media_unread: false,
+                silent: false,
+                id: m.id,
+                user_id,
+                message: m.text.clone(),
+                pts: u.pts,
+                pts_count: u.pts_count,
+                date: m.date,
+                fwd_from: None,
+                via_bot_id: None,
+                reply_to,
+                entities: None,
+                ttl_period: None,
+            }
+            .into(),
+            Peer::Chat(chat_id) => tl::types::UpdateShortChatMessage {
+                out: m.out,
+                mentioned: false,
+                media_unread: false,
+                silent: false,
+                id: m.id,
+                from_id: m.from,
+                chat_id,
+                message: m.text.clone(),
+                pts: u.pts,
+                pts_count: u.pts_count,
+                date: m.date,
+                fwd_from: None,
+                via_bot_id: None,
+                reply_to,
+                entities: None,
+                ttl_period: None,
+            }
+            .into(),
+            Peer::Channel(_) => return None,
+        })
+    }
+
     /// An `updates` object carrying these updates and their peers.
     pub fn updates(&self, updates: Vec<tl::enums::Update>) -> tl::enums::Updates {
         let msgs: Vec<&Msg> = updates
