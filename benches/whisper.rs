@@ -37,11 +37,11 @@ use std::time::{Duration, Instant};
 
 use criterion::{BenchmarkGroup, Criterion, SamplingMode};
 use rand::SeedableRng;
-use voice_transcriber::audio;
-use voice_transcriber::catalog::{Catalog, KNOWN};
-use voice_transcriber::decode::Options;
-use voice_transcriber::engine::{limit_process_threads, Engine, ThreadConfig};
-use voice_transcriber::mel::{LogMel, N_FRAMES};
+use voice_transcriber::whisper::audio;
+use voice_transcriber::whisper::catalog::{Catalog, KNOWN};
+use voice_transcriber::whisper::decode::Options;
+use voice_transcriber::whisper::engine::{limit_process_threads, Engine, ThreadConfig};
+use voice_transcriber::whisper::mel::{LogMel, N_FRAMES};
 
 /// Models the README table expects; each is reported as skipped when absent.
 const EXPECTED_MODELS: &[&str] = &["tiny.en", "tiny.en-q8_0", "base", "base-q8_0"];

@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use voice_transcriber::audio::{self, AudioError, SAMPLE_RATE};
+use voice_transcriber::whisper::audio::{self, AudioError, SAMPLE_RATE};
 
 fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))

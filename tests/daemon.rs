@@ -1,5 +1,5 @@
 //! The daemon end to end: the real binary (`run --local-chat`), the real tiny.en model and
-//! real speech, with a directory standing in for Telegram (see `src/localchat.rs`). These
+//! real speech, with a directory standing in for Telegram (see `src/daemon/localchat.rs`). These
 //! tests send voice messages and commands, stop and kill the process, take the "network"
 //! away, and check what was answered, and how often.
 
@@ -12,8 +12,8 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use rand::{Rng, SeedableRng};
-use voice_transcriber::localchat::{self, Sent};
-use voice_transcriber::messenger::{Incoming, Media, MediaKind};
+use voice_transcriber::daemon::localchat::{self, Sent};
+use voice_transcriber::daemon::messenger::{Incoming, Media, MediaKind};
 
 const OWNER: i64 = 1;
 const ANN: i64 = 111;

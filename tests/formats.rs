@@ -6,11 +6,11 @@
 mod common;
 
 use candle_core::{Device, IndexOp, Tensor};
-use voice_transcriber::audio;
-use voice_transcriber::decode::Options;
-use voice_transcriber::engine::load_transcriber;
-use voice_transcriber::mel::{LogMel, N_FRAMES};
-use voice_transcriber::weights::{Format, ModelConfig, Weights};
+use voice_transcriber::whisper::audio;
+use voice_transcriber::whisper::decode::Options;
+use voice_transcriber::whisper::engine::load_transcriber;
+use voice_transcriber::whisper::mel::{LogMel, N_FRAMES};
+use voice_transcriber::whisper::weights::{Format, ModelConfig, Weights};
 
 #[test]
 fn ct2_and_safetensors_layouts_give_identical_logits() {

@@ -6,9 +6,9 @@
 
 mod common;
 
-use voice_transcriber::audio;
-use voice_transcriber::decode::Options;
-use voice_transcriber::engine::{Engine, ThreadConfig};
+use voice_transcriber::whisper::audio;
+use voice_transcriber::whisper::decode::Options;
+use voice_transcriber::whisper::engine::{Engine, ThreadConfig};
 
 const GAP_S: f64 = 1.0;
 

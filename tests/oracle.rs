@@ -4,9 +4,9 @@
 
 mod common;
 
-use voice_transcriber::audio;
-use voice_transcriber::engine::{Engine, ThreadConfig};
-use voice_transcriber::mel::{LogMel, N_FRAMES};
+use voice_transcriber::whisper::audio;
+use voice_transcriber::whisper::engine::{Engine, ThreadConfig};
+use voice_transcriber::whisper::mel::{LogMel, N_FRAMES};
 
 fn check_model(model: &str) {
     let rows: Vec<_> = common::read_tsv(&common::root().join("tests/data/fw_tokens.tsv"))

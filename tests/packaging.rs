@@ -5,7 +5,7 @@
 
 use std::path::Path;
 
-use voice_transcriber::config::{self, Config};
+use voice_transcriber::daemon::config::{self, Config};
 
 fn read(path: &str) -> String {
     let p = Path::new(env!("CARGO_MANIFEST_DIR")).join(path);

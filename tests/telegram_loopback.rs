@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use voice_transcriber::messenger::{Connection, MessengerError};
+use voice_transcriber::daemon::messenger::{Connection, MessengerError};
 use voice_transcriber::telegram::{self, TelegramError, TelegramOptions};
 
 const API_ID: i32 = 12345;

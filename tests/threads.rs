@@ -6,9 +6,9 @@ mod common;
 
 use std::collections::HashMap;
 
-use voice_transcriber::audio;
-use voice_transcriber::decode::Options;
-use voice_transcriber::engine::{limit_process_threads, Engine, ThreadConfig};
+use voice_transcriber::whisper::audio;
+use voice_transcriber::whisper::decode::Options;
+use voice_transcriber::whisper::engine::{limit_process_threads, Engine, ThreadConfig};
 
 /// CPU ticks (user + system) of every thread of this process, by thread id.
 fn thread_ticks() -> HashMap<u32, u64> {

@@ -11,9 +11,9 @@ mod common;
 use std::collections::HashMap;
 use std::process::Command;
 
-use voice_transcriber::audio;
-use voice_transcriber::decode::Options;
-use voice_transcriber::engine::{Engine, ThreadConfig};
+use voice_transcriber::whisper::audio;
+use voice_transcriber::whisper::decode::Options;
+use voice_transcriber::whisper::engine::{Engine, ThreadConfig};
 
 /// Allowed WER excess over faster-whisper, in points.
 const TOLERANCE: f64 = 1.0;

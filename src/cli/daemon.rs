@@ -10,14 +10,14 @@ use std::rc::Rc;
 
 use anyhow::{Context, Result};
 
-use voice_transcriber::catalog::{Catalog, CatalogError};
-use voice_transcriber::config::{self, Config};
+use voice_transcriber::daemon::config::{self, Config};
+use voice_transcriber::daemon::inference::InferenceError;
+use voice_transcriber::daemon::notify::Notifier;
+use voice_transcriber::daemon::{localchat, shutdown};
 use voice_transcriber::daemon::{Daemon, Exit};
-use voice_transcriber::engine::limit_process_threads;
-use voice_transcriber::inference::InferenceError;
-use voice_transcriber::notify::Notifier;
 use voice_transcriber::telegram::{self, TelegramError};
-use voice_transcriber::{localchat, shutdown};
+use voice_transcriber::whisper::catalog::{Catalog, CatalogError};
+use voice_transcriber::whisper::engine::limit_process_threads;
 
 /// Exit status when the Telegram login is missing or was revoked (sysexits' EX_NOPERM).
 pub const EXIT_UNAUTHORIZED: u8 = 77;

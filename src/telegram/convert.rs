@@ -11,7 +11,7 @@ use grammers_client::peer::Peer;
 use grammers_session::types::{PeerId, PeerKind};
 use grammers_tl_types as tl;
 
-use crate::messenger::{Incoming, Media, MediaKind, UserId};
+use crate::daemon::messenger::{Incoming, Media, MediaKind, UserId};
 
 /// Who the owner is, for messages grammers attributes to the "self" placeholder.
 #[derive(Debug, Clone, Default)]

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use grammers_mtsender::{InvocationError, RpcError};
 
-use crate::messenger::MessengerError;
+use crate::daemon::messenger::MessengerError;
 
 /// RPC error names that mean the authorization behind the session is gone for good.
 const UNAUTHORIZED: &[&str] = &[

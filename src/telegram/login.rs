@@ -19,7 +19,7 @@ use grammers_session::Session;
 use grammers_tl_types as tl;
 
 use super::{within, FileSession, Pool, TelegramError, TelegramOptions, CLOSE_GRACE};
-use crate::messenger::MessengerError;
+use crate::daemon::messenger::MessengerError;
 
 /// Wrong codes or passwords accepted before giving up.
 const ATTEMPTS: usize = 3;

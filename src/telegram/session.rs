@@ -8,7 +8,7 @@
 //!
 //! grammers' own persistent store pulls in libsql; this one keeps everything in memory and
 //! writes it as one JSON file, replaced atomically (temporary sibling, fsync, rename, fsync of
-//! the directory; [`crate::fsutil`]) with mode 0600, because the file is as good as the
+//! the directory; [`crate::daemon::fsutil`]) with mode 0600, because the file is as good as the
 //! account's password.
 //!
 //! Writes are sorted by what a crash would cost. Keys, data centers, the home data center and
@@ -280,15 +280,17 @@ impl FileSession {
 /// User id recorded as the owner by [`FileSession::aim_at`] when the session has none.
 pub const STAND_IN_SELF_ID: i64 = 777_000_001;
 
-/// Replaces the file atomically with mode 0600 (see [`crate::fsutil::write_atomic`]).
+/// Replaces the file atomically with mode 0600 (see [`crate::daemon::fsutil::write_atomic`]).
 fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), SessionError> {
     // A temporary file left by a crash keeps its permission bits when reopened; remove it so
     // the new one is created 0600 and the key is never readable by others, even briefly.
     let name = path.file_name().unwrap_or_default().to_string_lossy();
     let _ = fs::remove_file(path.with_file_name(format!(".{name}.tmp")));
-    crate::fsutil::write_atomic(path, bytes, SESSION_FILE_MODE).map_err(|source| SessionError::Io {
-        path: path.to_path_buf(),
-        source,
+    crate::daemon::fsutil::write_atomic(path, bytes, SESSION_FILE_MODE).map_err(|source| {
+        SessionError::Io {
+            path: path.to_path_buf(),
+            source,
+        }
     })
 }
 

@@ -5,7 +5,7 @@
 
 use serde::Serialize;
 
-use crate::decode::{Segment, Transcript};
+use crate::whisper::decode::{Segment, Transcript};
 
 /// Output format chosen on the command line.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]

@@ -172,7 +172,7 @@ impl OpusTrackDecoder {
     }
 
     /// Runs the decoder, turning a panic inside `opus-rs` on hostile input into an error: the
-    /// daemon decodes files from strangers and must not die on one. The decoder state is rebuilt
+    /// engine decodes files from strangers and must not die on one. The decoder state is rebuilt
     /// after a panic because it may be half-updated.
     fn run(&mut self, packet: &[u8], frame_size: usize) -> Result<usize, String> {
         let buf = &mut self.buf;

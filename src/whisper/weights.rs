@@ -4,7 +4,7 @@
 //! Users arrive with whatever they have: a faster-whisper (CTranslate2) download, a Hugging Face
 //! `openai/whisper-*` checkout, or a GGUF file we quantized. All three are read into [`Weights`]
 //! under Hugging Face's `WhisperForConditionalGeneration` names, so the network code
-//! ([`crate::model`]) has exactly one way to find a tensor. The format is detected from the files
+//! ([`crate::whisper::model`]) has exactly one way to find a tensor. The format is detected from the files
 //! present, never from the directory's name.
 
 use std::collections::HashMap;
@@ -14,7 +14,7 @@ use std::sync::Arc;
 use candle_core::quantized::{gguf_file, GgmlDType, QTensor};
 use candle_core::{DType, Device, Tensor};
 
-use crate::ct2::{Ct2Error, Ct2Model};
+use crate::whisper::ct2::{Ct2Error, Ct2Model};
 
 /// Bytes a float tensor's elements occupy.
 pub(crate) fn tensor_bytes(t: &Tensor) -> usize {
@@ -464,8 +464,8 @@ pub fn tokenizer_path(dir: &Path) -> Result<PathBuf, WeightsError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::tests::random_weights;
-    use crate::model::Whisper;
+    use crate::whisper::model::tests::random_weights;
+    use crate::whisper::model::Whisper;
     use candle_core::IndexOp;
 
     fn logits(w: &Weights) -> Vec<f32> {

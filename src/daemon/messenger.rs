@@ -121,7 +121,7 @@ impl MessengerError {
 
 /// A live (or re-establishable) connection that yields incoming messages.
 ///
-/// The reconnect supervisor ([`crate::supervisor`]) owns it: it calls [`Connection::connect`]
+/// The reconnect supervisor ([`crate::daemon::supervisor`]) owns it: it calls [`Connection::connect`]
 /// until that succeeds, then [`Connection::next`] until that fails, backing off in between.
 #[allow(async_fn_in_trait)]
 pub trait Connection {

@@ -18,8 +18,8 @@ use candle_core::{DType, Module, Result, Tensor, D};
 use candle_nn::kv_cache::KvCache;
 use candle_nn::{Conv1d, Conv1dConfig, LayerNorm};
 
-use crate::kernels;
-use crate::weights::{tensor_bytes, Weights};
+use crate::whisper::kernels;
+use crate::whisper::weights::{tensor_bytes, Weights};
 
 /// Whisper's attention heads are always 64 wide (tiny 6×64 … large 20×64).
 const HEAD_DIM: usize = 64;
@@ -583,7 +583,7 @@ impl Whisper {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use crate::kernels::tests::max_diff;
+    use crate::whisper::kernels::tests::max_diff;
     use candle_core::{Device, IndexOp};
 
     /// A small random-weight Whisper (1 layer each side, width 64) under Hugging Face names.

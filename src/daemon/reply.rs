@@ -5,7 +5,7 @@
 //! its own. While long audio is still being transcribed, a placeholder shows the text so far,
 //! trimmed to what fits.
 
-use crate::messenger::MAX_MESSAGE_CHARS;
+use crate::daemon::messenger::MAX_MESSAGE_CHARS;
 
 /// Characters kept free in each part for a "(2/3)" marker.
 const MARKER_ROOM: usize = 16;

@@ -1,6 +1,6 @@
 //! The transcription engine: a loaded model and the threads it is allowed to use.
 //!
-//! On a Raspberry Pi the owner decides how many cores Whisper may take, and the daemon's
+//! On a Raspberry Pi the owner decides how many cores Whisper may take, and the caller's
 //! networking thread must never be one of them. candle spreads work over two pools: matrix
 //! multiplications run on the *current* rayon pool with a parallelism read from
 //! `RAYON_NUM_THREADS`, and quantized kernels use candle's own pool sized by
@@ -11,10 +11,10 @@
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use crate::decode::{DecodeError, Options, Segment, Transcriber, Transcript};
-use crate::model::Whisper;
-use crate::tokenizer::{TokenizerError, WhisperTokenizer};
-use crate::weights::{tokenizer_path, Format, ModelConfig, Weights, WeightsError};
+use crate::whisper::decode::{DecodeError, Options, Segment, Transcriber, Transcript};
+use crate::whisper::model::Whisper;
+use crate::whisper::tokenizer::{TokenizerError, WhisperTokenizer};
+use crate::whisper::weights::{tokenizer_path, Format, ModelConfig, Weights, WeightsError};
 
 /// Why an engine could not be built or a model not loaded.
 #[derive(Debug, thiserror::Error)]

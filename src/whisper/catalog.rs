@@ -1,7 +1,7 @@
 //! The models directory: which Whisper models exist, where they are installed, and getting
 //! them there.
 //!
-//! A model is a directory `<models dir>/<name>/` in one of the formats of [`crate::weights`].
+//! A model is a directory `<models dir>/<name>/` in one of the formats of [`crate::whisper::weights`].
 //! Names map to Hugging Face repositories — faster-whisper's CTranslate2 conversions first
 //! (smaller, f16), OpenAI's safetensors second — and are downloaded with `hf-hub`. What arrives
 //! is verified twice: each file against the content hash the Hub served it under, and the
@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
 
-use crate::weights::{tokenizer_path, Format, WeightsError};
+use crate::whisper::weights::{tokenizer_path, Format, WeightsError};
 
 /// Why a model could not be found, fetched or imported.
 #[derive(Debug, thiserror::Error)]
@@ -326,7 +326,7 @@ impl Catalog {
     ) -> Result<(PathBuf, Vec<String>), CatalogError> {
         let (src, _) = self.resolve(name)?;
         let format = Format::detect(&src)?;
-        let weights = crate::weights::Weights::load(&src, format)?;
+        let weights = crate::whisper::weights::Weights::load(&src, format)?;
         let (q, fallbacks) = weights.quantize(dtype).map_err(|e| WeightsError::Invalid {
             path: src.clone(),
             reason: e.to_string(),
@@ -367,7 +367,7 @@ pub fn check_model_dir(dir: &Path) -> Result<Format, CatalogError> {
     let format = Format::detect(dir)?;
     tokenizer_path(dir)?;
     if format == Format::Ct2 {
-        crate::ct2::Ct2Model::open(&dir.join("model.bin")).map_err(WeightsError::from)?;
+        crate::whisper::ct2::Ct2Model::open(&dir.join("model.bin")).map_err(WeightsError::from)?;
     }
     Ok(format)
 }

@@ -13,9 +13,9 @@ use std::time::Instant;
 
 use tokio::sync::{mpsc, oneshot};
 
-use crate::catalog::{Catalog, CatalogError};
-use crate::decode::Options;
-use crate::engine::{Engine, EngineError, ThreadConfig};
+use crate::whisper::catalog::{Catalog, CatalogError};
+use crate::whisper::decode::Options;
+use crate::whisper::engine::{Engine, EngineError, ThreadConfig};
 
 /// A finished transcription.
 #[derive(Debug, Clone)]
@@ -131,7 +131,9 @@ fn load(catalog: &Catalog, model: &str, threads: &ThreadConfig) -> Result<Engine
     let (dir, name) = match catalog.resolve(model) {
         // A known model that is not here yet is downloaded first (on this thread, never on
         // the networking one).
-        Err(CatalogError::NotInstalled { .. }) if crate::catalog::lookup(model).is_ok() => {
+        Err(CatalogError::NotInstalled { .. })
+            if crate::whisper::catalog::lookup(model).is_ok() =>
+        {
             log::info!("model {model} is not installed; downloading it");
             catalog.fetch(model)?;
             catalog.resolve(model)?
@@ -180,10 +182,10 @@ fn handle(engine: &mut Engine, catalog: &Catalog, threads: &ThreadConfig, reques
             done,
         } => {
             let start = Instant::now();
-            let result = crate::audio::decode_file(&audio)
+            let result = crate::whisper::audio::decode_file(&audio)
                 .map_err(|e| e.to_string())
                 .and_then(|samples| {
-                    let audio_s = samples.len() as f64 / crate::audio::SAMPLE_RATE as f64;
+                    let audio_s = samples.len() as f64 / crate::whisper::audio::SAMPLE_RATE as f64;
                     engine
                         .transcribe(&samples, &opts, |s| {
                             let _ = progress.send((s.end, s.text.trim().to_string()));

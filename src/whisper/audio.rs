@@ -1,4 +1,4 @@
-//! Audio input: turn whatever file a Telegram chat hands us into the 16 kHz mono `f32` samples in
+//! Audio input: turn whatever file a chat hands us into the 16 kHz mono `f32` samples in
 //! `[-1, 1]` that Whisper expects.
 //!
 //! Pipeline: symphonia probes the container (OGG, WAV, MP3, FLAC, MP4/M4A, ADTS) and demuxes the

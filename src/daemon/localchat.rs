@@ -25,7 +25,9 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::messenger::{ChatId, Connection, Incoming, Messenger, MessengerError, MsgId, UserId};
+use crate::daemon::messenger::{
+    ChatId, Connection, Incoming, Messenger, MessengerError, MsgId, UserId,
+};
 
 /// Ids of messages the daemon sends start here, far from test message ids.
 const FIRST_SENT_ID: MsgId = 1_000_000;
@@ -109,7 +111,7 @@ pub fn post(dir: &Path, seq: u64, message: &Incoming) -> std::io::Result<()> {
     let inbox = dir.join("inbox");
     fs::create_dir_all(&inbox)?;
     let bytes = serde_json::to_vec(message).expect("message serializes");
-    crate::fsutil::write_atomic(&inbox.join(format!("{seq:012}.json")), &bytes, 0o644)
+    crate::daemon::fsutil::write_atomic(&inbox.join(format!("{seq:012}.json")), &bytes, 0o644)
 }
 
 fn io(e: std::io::Error) -> MessengerError {

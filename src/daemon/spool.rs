@@ -17,8 +17,8 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::fsutil::{sync_dir, write_atomic};
-use crate::messenger::{ChatId, MsgId};
+use crate::daemon::fsutil::{sync_dir, write_atomic};
+use crate::daemon::messenger::{ChatId, MsgId};
 
 /// Most jobs the spool holds.
 pub const CAPACITY: usize = 1024;

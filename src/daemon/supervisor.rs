@@ -18,8 +18,8 @@ use std::time::Duration;
 use rand::{Rng, SeedableRng};
 use tokio::time::Instant;
 
-use crate::messenger::{Connection, Incoming, MessengerError};
-use crate::shutdown::Shutdown;
+use crate::daemon::messenger::{Connection, Incoming, MessengerError};
+use crate::daemon::shutdown::Shutdown;
 
 /// First wait after a failure.
 pub const BASE_DELAY: Duration = Duration::from_secs(5);
@@ -297,7 +297,7 @@ mod tests {
     }
 
     async fn run_until_pending(conn: &mut Scripted, backoff: &mut Backoff) -> Vec<u64> {
-        let (_trigger, shutdown) = crate::shutdown::channel();
+        let (_trigger, shutdown) = crate::daemon::shutdown::channel();
         let link = RefCell::new(Link::default());
         let run = supervise(conn, backoff, shutdown, &link, |_| async {});
         // The script ends in a connect that never returns; a day is far beyond the schedule.
@@ -350,7 +350,7 @@ mod tests {
             vec![Ok(()), Err(net())],
             vec![Err(MessengerError::Unauthorized("SESSION_REVOKED".into()))],
         );
-        let (_trigger, shutdown) = crate::shutdown::channel();
+        let (_trigger, shutdown) = crate::daemon::shutdown::channel();
         let link = RefCell::new(Link::default());
         let mut backoff = Backoff::standard();
         let stop = supervise(&mut conn, &mut backoff, shutdown, &link, |_| async {}).await;
@@ -362,7 +362,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn shutdown_interrupts_a_backoff_sleep() {
         let mut conn = Scripted::new((0..5).map(|_| Err(net())).collect(), vec![]);
-        let (trigger, shutdown) = crate::shutdown::channel();
+        let (trigger, shutdown) = crate::daemon::shutdown::channel();
         let link = RefCell::new(Link::default());
         let mut backoff = Backoff::new(BASE_DELAY, MAX_DELAY, 0.0);
         let start = Instant::now();

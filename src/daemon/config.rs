@@ -4,7 +4,7 @@
 //! Telegram API credentials, where state and models live, the default model and language, how
 //! many cores inference may take, which media to transcribe and how replies look. Everything
 //! the owner changes at runtime with commands (tracked people, current model, language) lives in
-//! the state file instead ([`crate::state`]), so the config file can stay read-only.
+//! the state file instead ([`crate::daemon::state`]), so the config file can stay read-only.
 //!
 //! Unknown keys are errors (a typo must not silently fall back to a default), every bad value is
 //! reported with its key, and the secrets can come from the environment (`TG_API_ID`,

@@ -22,10 +22,10 @@ use candle_core::{Device, IndexOp, Tensor};
 use rand::distr::{weighted::WeightedIndex, Distribution};
 use rand::SeedableRng;
 
-use crate::mel::{LogMel, HOP_LENGTH, N_FRAMES, SAMPLE_RATE};
-use crate::model::Whisper;
-use crate::tokenizer::{TokenizerError, WhisperTokenizer};
-use crate::weights::ModelConfig;
+use crate::whisper::mel::{LogMel, HOP_LENGTH, N_FRAMES, SAMPLE_RATE};
+use crate::whisper::model::Whisper;
+use crate::whisper::tokenizer::{TokenizerError, WhisperTokenizer};
+use crate::whisper::weights::ModelConfig;
 
 /// Seconds per timestamp token.
 pub const TIME_PRECISION: f64 = 0.02;

@@ -11,11 +11,11 @@ use std::process::ExitCode;
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 
-use voice_transcriber::catalog::{self, Catalog};
-use voice_transcriber::decode::Options;
-use voice_transcriber::engine::{limit_process_threads, Engine, ThreadConfig};
-use voice_transcriber::output::{self, JsonRecord, OutputFormat};
-use voice_transcriber::{audio, mel};
+use voice_transcriber::whisper::catalog::{self, Catalog};
+use voice_transcriber::whisper::decode::Options;
+use voice_transcriber::whisper::engine::{limit_process_threads, Engine, ThreadConfig};
+use voice_transcriber::whisper::output::{self, JsonRecord, OutputFormat};
+use voice_transcriber::whisper::{audio, mel};
 
 mod daemon;
 
@@ -216,12 +216,12 @@ impl Cli {
     fn catalog(&self) -> Catalog {
         let config = daemon::load_config(self.config.as_deref()).unwrap_or_else(|e| {
             log::warn!("ignoring the configuration: {e}");
-            voice_transcriber::config::Config::default()
+            voice_transcriber::daemon::config::Config::default()
         });
         self.places(config).catalog
     }
 
-    fn places(&self, config: voice_transcriber::config::Config) -> daemon::Places {
+    fn places(&self, config: voice_transcriber::daemon::config::Config) -> daemon::Places {
         daemon::Places::resolve(
             config,
             self.state_dir.as_deref(),
@@ -265,10 +265,9 @@ fn dispatch(cli: &Cli) -> Result<u8> {
         },
         Command::Config(ConfigCommand::Check) => match daemon_places() {
             Ok(places) => {
-                let shown = cli
-                    .config
-                    .clone()
-                    .unwrap_or_else(|| PathBuf::from(voice_transcriber::config::DEFAULT_PATH));
+                let shown = cli.config.clone().unwrap_or_else(|| {
+                    PathBuf::from(voice_transcriber::daemon::config::DEFAULT_PATH)
+                });
                 Ok(daemon::check(&places, &shown))
             }
             Err(code) => Ok(code),

@@ -50,7 +50,9 @@ use tokio::io::AsyncWriteExt;
 use tokio::sync::{mpsc, Notify};
 use tokio::task::JoinHandle;
 
-use crate::messenger::{ChatId, Connection, Incoming, Messenger, MessengerError, MsgId, UserId};
+use crate::daemon::messenger::{
+    ChatId, Connection, Incoming, Messenger, MessengerError, MsgId, UserId,
+};
 use convert::Owner;
 pub use login::login;
 pub use session::{session_path, FileSession, SessionError};

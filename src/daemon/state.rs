@@ -1,7 +1,7 @@
 //! What the owner changed at runtime: tracked people, the current model, the language.
 //!
 //! One small JSON file in the state directory, rewritten atomically on every change
-//! ([`crate::fsutil::write_atomic`]), so a `/track` or `/model` survives restarts and power
+//! ([`crate::daemon::fsutil::write_atomic`]), so a `/track` or `/model` survives restarts and power
 //! loss. The config file supplies the starting values; once the owner has picked a model or
 //! language by command, the state file's choice wins.
 
@@ -9,8 +9,8 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::fsutil::write_atomic;
-use crate::messenger::UserId;
+use crate::daemon::fsutil::write_atomic;
+use crate::daemon::messenger::UserId;
 
 /// A person whose voice messages are transcribed automatically.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
