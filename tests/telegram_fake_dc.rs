@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use fake_telegram::{FakeDc, Scenario};
 use serde_json::Value;
-use voice_transcriber::messenger::{Connection, MediaKind, Messenger};
+use voice_transcriber::daemon::messenger::{Connection, MediaKind, Messenger};
 use voice_transcriber::telegram::{self, TelegramOptions};
 
 const OWNER: i64 = 1000;
@@ -842,7 +842,7 @@ after_s = 1.0
 
 /// The JFK clip as a 16 kHz mono 32-bit float WAV: about 700 KB, more than one 512 KiB part.
 fn jfk_wav(dir: &Path) -> PathBuf {
-    let samples = voice_transcriber::audio::decode_file(&jfk()).unwrap();
+    let samples = voice_transcriber::whisper::audio::decode_file(&jfk()).unwrap();
     let data_len = (samples.len() * 4) as u32;
     let mut wav = Vec::with_capacity(44 + data_len as usize);
     wav.extend_from_slice(b"RIFF");

@@ -365,12 +365,12 @@ impl FakeDc {
         .map_err(|e| format!("session: {e}"))?;
         session.flush().map_err(|e| format!("session: {e}"))?;
 
-        let mut state = voice_transcriber::state::State::default();
+        let mut state = voice_transcriber::daemon::state::State::default();
         for (id, name) in &tracked {
             state.track(*id, name);
         }
         state
-            .save(&voice_transcriber::state::State::path(dir))
+            .save(&voice_transcriber::daemon::state::State::path(dir))
             .map_err(|e| e.to_string())?;
 
         let config = dir.join("config.toml");
