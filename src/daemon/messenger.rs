@@ -100,6 +100,11 @@ pub enum MessengerError {
     /// The message or chat does not exist (deleted, or not visible to this account).
     #[error("message not found")]
     NotFound,
+    /// Telegram did not recognise the chat as it was named (PEER_ID_INVALID,
+    /// CHANNEL_INVALID): usually an access hash this side lacks or holds stale. The message
+    /// may well exist; the chat has to be looked up again before the request can succeed.
+    #[error("Telegram does not recognise the chat as named ({0})")]
+    UnknownChat(String),
     /// Network trouble: refused, dropped, timed out, transport error. Retry later.
     #[error("network: {0}")]
     Network(String),

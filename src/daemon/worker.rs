@@ -42,6 +42,9 @@ impl From<MessengerError> for JobError {
     fn from(e: MessengerError) -> Self {
         match e {
             MessengerError::NotFound => JobError::Gone,
+            // Not a deleted message: the chat could not be named even after looking it up
+            // again. Spend an attempt and try later, ending in an error reply, never silence.
+            e @ MessengerError::UnknownChat(_) => JobError::Failed(e.to_string()),
             MessengerError::Unauthorized(why) => JobError::Fatal(why),
             MessengerError::Rejected(why) => JobError::Failed(why),
             e => JobError::Transient(e),

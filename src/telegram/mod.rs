@@ -42,7 +42,7 @@ use grammers_client::Client;
 use grammers_mtsender::{
     AutoSleep, ConnectionParams, InvocationError, SenderPool, UpdatesConfiguration,
 };
-use grammers_session::types::{PeerId, PeerRef};
+use grammers_session::types::{PeerId, PeerInfo, PeerKind, PeerRef};
 use grammers_session::updates::UpdatesLike;
 use grammers_session::Session;
 use grammers_tl_types as tl;
@@ -224,8 +224,8 @@ impl Shared {
     }
 
     /// The chat as grammers wants it: with the access hash from the session's cache, or
-    /// without one (enough for basic groups and contacts; Telegram answers PEER_ID_INVALID,
-    /// i.e. [`MessengerError::NotFound`], otherwise).
+    /// without one (enough for basic groups; Telegram answers PEER_ID_INVALID, i.e.
+    /// [`MessengerError::UnknownChat`], otherwise, and [`Shared::on_chat`] looks it up).
     async fn peer(&self, chat: ChatId) -> Result<PeerRef, MessengerError> {
         let id = PeerId::from_bot_api_dialog_id(chat).ok_or(MessengerError::NotFound)?;
         let cached = self
@@ -242,14 +242,150 @@ impl Shared {
         chat: ChatId,
         id: MsgId,
     ) -> Result<Option<grammers_client::message::Message>, MessengerError> {
-        let peer = self.peer(chat).await?;
-        let client = self.client();
-        let found = self.call(client.get_messages_by_id(peer, &[id])).await?;
+        let found = self
+            .on_chat(chat, |peer| {
+                let client = self.client();
+                async move { self.call(client.get_messages_by_id(peer, &[id])).await }
+            })
+            .await?;
         Ok(found
             .into_iter()
             .next()
             .flatten()
             .filter(|m| !matches!(m.raw, tl::enums::Message::Empty(_))))
+    }
+
+    /// Runs `request` in `chat`. When Telegram does not recognise the chat as named
+    /// ([`MessengerError::UnknownChat`]: a missing or stale access hash), looks the chat up
+    /// again and runs the request once more with what it learned.
+    async fn on_chat<T, F, Fut>(&self, chat: ChatId, request: F) -> Result<T, MessengerError>
+    where
+        F: Fn(PeerRef) -> Fut,
+        Fut: Future<Output = Result<T, MessengerError>>,
+    {
+        let peer = self.peer(chat).await?;
+        match request(peer).await {
+            Err(MessengerError::UnknownChat(why)) => {
+                log::info!("chat {chat}: Telegram answered {why}; looking the chat up again");
+                self.learn_from_dialogs().await?;
+                request(self.peer(chat).await?).await
+            }
+            other => other,
+        }
+    }
+
+    /// True when the session can name `chat` to Telegram: a basic group by its id alone, a
+    /// user or a channel only with its access hash.
+    async fn knows(&self, chat: ChatId) -> bool {
+        let Some(id) = PeerId::from_bot_api_dialog_id(chat) else {
+            return false;
+        };
+        id.kind() == PeerKind::Chat || matches!(self.session.peer_ref(id).await, Ok(Some(_)))
+    }
+
+    /// Caches, through the session, the users and chats Telegram attached to an answer, those
+    /// that carry an access hash (a "min" user or channel has none that this account may use).
+    async fn learn(&self, users: &[tl::enums::User], chats: &[tl::enums::Chat]) {
+        let peers: Vec<PeerInfo> = users
+            .iter()
+            .map(PeerInfo::from)
+            .chain(chats.iter().map(PeerInfo::from))
+            .filter(|p| match p {
+                PeerInfo::User { auth, .. } | PeerInfo::Channel { auth, .. } => auth.is_some(),
+                PeerInfo::Chat { .. } => true,
+            })
+            .collect();
+        if let Err(e) = self.session.cache_peers(peers).await {
+            log::warn!("caching users and chats in the session: {e}");
+        }
+    }
+
+    /// Asks for the account's difference from just before `update`, for the users and chats
+    /// Telegram attaches to it: what its docs advise when a short update names someone the
+    /// client does not know. The message box is not touched (its own position stays).
+    async fn learn_from_difference(
+        &self,
+        update: &tl::enums::Update,
+    ) -> Result<(), MessengerError> {
+        let tl::enums::Update::NewMessage(u) = update else {
+            return Ok(());
+        };
+        if u.pts <= 0 {
+            // From a difference already, which came with its users and chats.
+            return Ok(());
+        }
+        let date = match &u.message {
+            tl::enums::Message::Message(m) => m.date,
+            tl::enums::Message::Service(m) => m.date,
+            tl::enums::Message::Empty(_) => 0,
+        };
+        let qts = self
+            .session
+            .updates_state()
+            .await
+            .map(|s| s.qts)
+            .unwrap_or(0);
+        let request = tl::functions::updates::GetDifference {
+            pts: (u.pts - u.pts_count.max(1)).max(1),
+            pts_limit: None,
+            pts_total_limit: None,
+            date: (date - 1).max(1),
+            qts,
+            qts_limit: None,
+        };
+        let client = self.client();
+        match self.call(client.invoke(&request)).await? {
+            tl::enums::updates::Difference::Difference(d) => self.learn(&d.users, &d.chats).await,
+            tl::enums::updates::Difference::Slice(d) => self.learn(&d.users, &d.chats).await,
+            tl::enums::updates::Difference::Empty(_)
+            | tl::enums::updates::Difference::TooLong(_) => {}
+        }
+        Ok(())
+    }
+
+    /// Looks chats up again in the first page of the dialog list (the chats with the most
+    /// recent messages), caching the users and chats it names.
+    async fn learn_from_dialogs(&self) -> Result<(), MessengerError> {
+        let request = tl::functions::messages::GetDialogs {
+            exclude_pinned: false,
+            folder_id: None,
+            offset_date: 0,
+            offset_id: 0,
+            offset_peer: tl::enums::InputPeer::Empty,
+            limit: 100,
+            hash: 0,
+        };
+        let client = self.client();
+        match self.call(client.invoke(&request)).await? {
+            tl::enums::messages::Dialogs::Dialogs(d) => self.learn(&d.users, &d.chats).await,
+            tl::enums::messages::Dialogs::Slice(d) => self.learn(&d.users, &d.chats).await,
+            tl::enums::messages::Dialogs::NotModified(_) => {}
+        }
+        Ok(())
+    }
+
+    /// Makes sure the session can name the chat of an incoming message before the message is
+    /// handed on (a command is answered there, a job replies there): when the update came
+    /// without the chat's access hash, from the difference just before it, else from the
+    /// dialog list. Failing both, the message is handed on anyway; requests in that chat then
+    /// look it up again.
+    async fn learn_chat_of(&self, chat: ChatId, update: &tl::enums::Update) {
+        if self.knows(chat).await {
+            return;
+        }
+        if let Err(e) = self.learn_from_difference(update).await {
+            log::warn!("chat {chat}: fetching the difference for its access hash: {e}");
+        }
+        if self.knows(chat).await {
+            log::info!("chat {chat}: access hash learned from the difference");
+            return;
+        }
+        if let Err(e) = self.learn_from_dialogs().await {
+            log::warn!("chat {chat}: fetching the dialog list for its access hash: {e}");
+        }
+        if !self.knows(chat).await {
+            log::warn!("chat {chat}: Telegram named no access hash for it");
+        }
     }
 }
 
@@ -355,25 +491,30 @@ pub struct Telegram {
 
 impl Messenger for Telegram {
     async fn reply(&self, chat: ChatId, to: MsgId, text: &str) -> Result<MsgId, MessengerError> {
-        let peer = self.shared.peer(chat).await?;
-        let message = InputMessage::new()
-            .text(text)
-            .reply_to(Some(to))
-            .link_preview(false);
-        let client = self.shared.client();
-        let sent = self.shared.call(client.send_message(peer, message)).await?;
+        let shared = &self.shared;
+        let sent = shared
+            .on_chat(chat, |peer| {
+                let message = InputMessage::new()
+                    .text(text)
+                    .reply_to(Some(to))
+                    .link_preview(false);
+                let client = shared.client();
+                async move { shared.call(client.send_message(peer, message)).await }
+            })
+            .await?;
         Ok(sent.id())
     }
 
     async fn edit(&self, chat: ChatId, id: MsgId, text: &str) -> Result<(), MessengerError> {
-        let peer = self.shared.peer(chat).await?;
-        let message = InputMessage::new().text(text).link_preview(false);
-        let client = self.shared.client();
-        match self
-            .shared
-            .call(client.edit_message(peer, id, message))
-            .await
-        {
+        let shared = &self.shared;
+        let edited = shared
+            .on_chat(chat, |peer| {
+                let message = InputMessage::new().text(text).link_preview(false);
+                let client = shared.client();
+                async move { shared.call(client.edit_message(peer, id, message)).await }
+            })
+            .await;
+        match edited {
             // The text is already what was asked for.
             Err(MessengerError::Rejected(name)) if name == "MESSAGE_NOT_MODIFIED" => Ok(()),
             other => other,
@@ -561,6 +702,9 @@ impl Connection for TelegramUpdates {
             };
             match update {
                 Ok(Update::NewMessage(message)) => {
+                    if let Some(chat) = message.peer_id().bot_api_dialog_id() {
+                        shared.learn_chat_of(chat, &message.raw).await;
+                    }
                     if let Some(incoming) = convert::incoming(&message, &shared.owner()) {
                         return Ok(incoming);
                     }

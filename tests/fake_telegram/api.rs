@@ -357,6 +357,12 @@ pub fn answer(
                 gate!();
                 get_file(world, caller, loc, r.offset, r.limit, r.precise)?
             }
+            f::messages::GetDialogs::CONSTRUCTOR_ID => {
+                let r: f::messages::GetDialogs = decode(q)?;
+                log.insert("limit".into(), json!(r.limit));
+                gate!();
+                dialogs(world, r.limit).to_bytes()
+            }
             f::contacts::ResolveUsername::CONSTRUCTOR_ID => {
                 let r: f::contacts::ResolveUsername = decode(q)?;
                 log.insert("username".into(), json!(r.username));
@@ -594,6 +600,67 @@ fn get_messages(
     }
 }
 
+/// `messages.getDialogs` (first page only): every chat with a message, newest first, with its
+/// users and chats (access hashes included).
+fn dialogs(world: &World, limit: i32) -> tl::enums::messages::Dialogs {
+    let mut tops: Vec<&super::world::Msg> = Vec::new();
+    for m in world.messages.iter().rev() {
+        if !tops.iter().any(|t| t.peer == m.peer) {
+            tops.push(m);
+        }
+    }
+    tops.truncate(limit.clamp(1, 100) as usize);
+    let dialogs = tops
+        .iter()
+        .map(|m| {
+            tl::types::Dialog {
+                pinned: false,
+                unread_mark: false,
+                view_forum_as_messages: false,
+                peer: m.peer.tl(),
+                top_message: m.id,
+                read_inbox_max_id: m.id,
+                read_outbox_max_id: m.id,
+                unread_count: 0,
+                unread_mentions_count: 0,
+                unread_reactions_count: 0,
+                unread_poll_votes_count: 0,
+                notify_settings: tl::types::PeerNotifySettings {
+                    show_previews: None,
+                    silent: None,
+                    mute_until: None,
+                    ios_sound: None,
+                    android_sound: None,
+                    other_sound: None,
+                    stories_muted: None,
+                    stories_hide_sender: None,
+                    stories_ios_sound: None,
+                    stories_android_sound: None,
+                    stories_other_sound: None,
+                }
+                .into(),
+                pts: match m.peer {
+                    Peer::Channel(id) => world.channels.get(&id).map(|b| b.pts),
+                    _ => None,
+                },
+                draft: None,
+                folder_id: None,
+                ttl_period: None,
+            }
+            .into()
+        })
+        .collect();
+    let messages = tops.iter().map(|m| world.tl_message(m)).collect();
+    let (users, chats) = world.peers_of(tops.iter().copied());
+    tl::types::messages::Dialogs {
+        dialogs,
+        messages,
+        chats,
+        users,
+    }
+    .into()
+}
+
 /// `messages.sendMessage`: stores the owner's message. Private chats and basic groups are
 /// answered with `updateShortSentMessage`, supergroups with `updates` carrying
 /// `updateMessageID` and `updateNewChannelMessage` (as Telegram does).
@@ -610,6 +677,9 @@ fn send_message(
     }
     if text.chars().count() > 4096 {
         return Err(err("MESSAGE_TOO_LONG"));
+    }
+    if world.random_ids.contains_key(&random_id) {
+        return Err(err("RANDOM_ID_DUPLICATE"));
     }
     let msg = super::world::Msg {
         id: 0,
@@ -629,6 +699,7 @@ fn send_message(
         _ => unreachable!("add_message returns a new-message update"),
     };
     log.insert("sent_id".into(), json!(id));
+    world.random_ids.insert(random_id, (peer, id));
     Ok(match peer {
         Peer::Channel(_) => world
             .updates(vec![

@@ -101,9 +101,10 @@
 //! call = 1                  # the first call of that method (counting from 1)
 //! times = 1                 # this many calls in a row (default 1)
 //! action = "error"          # "error" (rpc_error), "drop" (close the connection instead of
-//!                           # answering), "stall" (never answer this call) or "freeze"
+//!                           # answering), "stall" (never answer this call), "freeze"
 //!                           # (from this call on the connection answers nothing, but stays
-//!                           # open: a silently dead link)
+//!                           # open: a silently dead link) or "process_then_drop" (carry the
+//!                           # call out, then close the connection instead of answering)
 //! error = "FLOOD_WAIT_5"
 //! code = 420                # default from the name: FLOOD_WAIT_* 420, *_MIGRATE_* 303,
 //!                           # AUTH_KEY_* / SESSION_REVOKED 401, else 400
@@ -115,10 +116,13 @@
 //! "420 FLOOD_WAIT_5", "drop", "stall", "freeze"), `fault` when one applied, `t` (seconds since start),
 //! and per method: `peer` ({"user": id, "access_hash": h} / {"chat": id} /
 //! {"channel": id, "access_hash": h} / "self"), `reply_to`, `message`, `random_id`, `sent_id`
-//! (sendMessage); `peer`, `id`, `message` (editMessage); `ids` (getMessages, getUsers);
-//! `location` ({"document": id, "access_hash": h}), `offset`, `limit` (upload.getFile); `pts`,
+//! (sendMessage; a second message with a used `random_id` is refused with
+//! RANDOM_ID_DUPLICATE, as Telegram does); `peer`, `id`, `message` (editMessage); `ids`
+//! (getMessages, getUsers); `location` ({"document": id, "access_hash": h}), `offset`, `limit` (upload.getFile); `pts`,
 //! `date`, `qts`, `new_messages`, `slice` (getDifference); `channel`, `pts`, `limit`
-//! (getChannelDifference); `dc_id` (auth.exportAuthorization); `username`; and `layer`, `init`
+//! (getChannelDifference); `limit` (messages.getDialogs: one page of every chat with a
+//! message, its users and chats); `processed` (a process_then_drop fault); `dc_id`
+//! (auth.exportAuthorization); `username`; and `layer`, `init`
 //! on the first request of a connection. Server events carry `event` instead: "connect",
 //! "disconnect", "new_session", "bad_server_salt", "synced", "push", "ping", "gzip_packed",
 //! "frozen", "key_exchange_refused".
@@ -435,6 +439,20 @@ impl FakeDc {
     /// Closes every open connection.
     pub fn drop_connections(&self) {
         self.shared.drop_connections();
+    }
+
+    /// The texts of the owner's stored messages in a chat that reply to message `to`: what
+    /// the chat really shows, however many requests it took.
+    pub fn replies_in(&self, chat_key: &str, to: i32) -> Vec<String> {
+        let w = self.shared.world.lock().unwrap();
+        let Some(peer) = w.peer_of_key(chat_key) else {
+            return Vec::new();
+        };
+        w.messages
+            .iter()
+            .filter(|m| m.peer == peer && m.out && m.reply_to == Some(to))
+            .map(|m| m.text.clone())
+            .collect()
     }
 
     /// A stored message's current text.

@@ -273,6 +273,9 @@ pub enum FaultAction {
     /// From this call on the connection answers nothing at all, but stays open: a silently
     /// dead link, as a middlebox that drops everything makes it.
     Freeze,
+    /// Carry the call out (a message is sent, an edit made), then close the connection
+    /// without answering: the client cannot tell whether it took effect.
+    ProcessThenDrop,
 }
 
 /// Misbehaviour on the `call`-th call of `method`.

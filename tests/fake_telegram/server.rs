@@ -591,10 +591,15 @@ impl Reader {
                 .iter()
                 .find(|f| f.method == method && n >= f.call && n < f.call + f.times)
                 .cloned();
-            let fault = fault.map(|f| {
+            let mut drop_after = false;
+            let fault = fault.and_then(|f| {
                 call.log
                     .insert("fault".into(), json!(format!("{:?}", f.action)));
-                match f.action {
+                Some(match f.action {
+                    FaultAction::ProcessThenDrop => {
+                        drop_after = true;
+                        return None;
+                    }
                     FaultAction::Error => Answer::Error(
                         f.error_code(),
                         f.error.clone().unwrap_or_else(|| "INTERNAL".into()),
@@ -602,9 +607,15 @@ impl Reader {
                     FaultAction::Drop => Answer::Drop,
                     FaultAction::Stall => Answer::Stall,
                     FaultAction::Freeze => Answer::Freeze,
-                }
+                })
             });
-            let answer = api::answer(&mut world, &caller, &mut call, fault);
+            let mut answer = api::answer(&mut world, &caller, &mut call, fault);
+            if drop_after {
+                // Done, but the answer never leaves.
+                call.log
+                    .insert("processed".into(), json!(matches!(answer, Answer::Ok(_))));
+                answer = Answer::Drop;
+            }
             let gzip_over = if method == "upload.getFile" {
                 0
             } else {

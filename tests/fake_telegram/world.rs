@@ -108,6 +108,9 @@ pub struct World {
     pub authorized: Vec<i32>,
     /// Authorizations exported for other data centers: (data center, bytes).
     pub exported: Vec<(i32, Vec<u8>)>,
+    /// `random_id`s of the messages the owner sent, with the message they made: Telegram
+    /// refuses a second message with the same one (RANDOM_ID_DUPLICATE).
+    pub random_ids: HashMap<i64, (Peer, i32)>,
 }
 
 impl World {
@@ -143,6 +146,7 @@ impl World {
             calls: HashMap::new(),
             authorized: vec![home_dc],
             exported: Vec::new(),
+            random_ids: HashMap::new(),
         };
         let offline: Vec<scenario::Message> = world
             .scenario
