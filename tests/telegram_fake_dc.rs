@@ -1181,3 +1181,85 @@ error = "PEER_ID_INVALID"
     assert!(!daemon.log().contains("job dropped"), "{}", daemon.log());
     assert_eq!(daemon.stop(&dc).code(), Some(0), "{}", daemon.log());
 }
+
+#[test]
+fn a_catch_up_batch_cut_short_by_a_sigkill_is_fetched_again_and_every_voice_answered_once() {
+    // Twenty voices and one /status come in one updates.getDifference: voice 41, the
+    // command, voices 42..=60. The command's edit is never answered, so the receiver is
+    // stuck on it while voice 41 is transcribed and answered; at that moment 42..=60 were
+    // handed to nobody and spooled nowhere. Killed then, the daemon must not have saved an
+    // update position past them.
+    let voice = |id: i32| {
+        format!(
+            "[[messages]]\nchat = \"ann\"\nid = {id}\ndelivery = \"offline\"\n\
+             [messages.voice]\nfile = {:?}\nduration_s = 11\n",
+            jfk()
+        )
+    };
+    // Its own id: private chats share one box of ids.
+    let command = "[[messages]]\nchat = \"self\"\nfrom = \"owner\"\nid = 61\n\
+                   text = \"/status\"\ndelivery = \"offline\"\n";
+    let stall = "[[faults]]\nmethod = \"messages.editMessage\"\ncall = 1\naction = \"stall\"\n";
+    let messages = format!(
+        "{}{command}{}{stall}",
+        voice(41),
+        (42..=60).map(voice).collect::<String>()
+    );
+    let dc = FakeDc::start(scenario(&messages), None).unwrap();
+    let mut daemon = Daemon::start(&dc);
+    daemon.wait(&dc, 120, "the stalled /status edit", |log| {
+        log.iter()
+            .find(|e| e["method"] == "messages.editMessage")
+            .cloned()
+    });
+    daemon.wait(&dc, 180, "the first reply", |log| reply_to(log, 41));
+    let spool = daemon.dir.path().join("spool");
+    daemon.wait(&dc, 30, "the first job recorded as done", |_| {
+        let text = std::fs::read_to_string(spool.join("done.log")).unwrap_or_default();
+        text.lines()
+            .any(|l| l.trim() == format!("{ANN} 41"))
+            .then_some(())
+    });
+    // The receiver is still stuck on the command: nothing after it was spooled.
+    let jobs: Vec<String> = std::fs::read_dir(&spool)
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(".job"))
+        .collect();
+    assert!(
+        jobs.is_empty(),
+        "42..=60 must not be spooled before the kill: {jobs:?}"
+    );
+    assert_eq!(
+        dc.calls("messages.editMessage").len(),
+        1,
+        "the edit is still unanswered"
+    );
+    let before = dc.calls("updates.getDifference").len();
+    daemon.kill();
+    daemon.restart();
+    let diff = daemon.wait(&dc, 120, "the catch-up after the restart", |log| {
+        log.iter()
+            .filter(|e| e["method"] == "updates.getDifference")
+            .nth(before)
+            .cloned()
+    });
+    // 41 is pts 101, the command 102, voice 42 pts 103.
+    assert!(
+        diff["pts"].as_i64().unwrap() < 103,
+        "the saved position must not cover the voices never handed out: {diff}"
+    );
+    daemon.wait(&dc, 600, "replies to all twenty", |log| {
+        (41..=60)
+            .all(|id| reply_to(log, id).is_some())
+            .then_some(())
+    });
+    std::thread::sleep(Duration::from_secs(3));
+    for id in 41..=60 {
+        let replies = dc.replies_in("ann", id);
+        assert_eq!(replies.len(), 1, "message {id} answered once: {replies:?}");
+        assert!(jfk_ok(&replies[0]), "{replies:?}");
+    }
+    assert_eq!(daemon.stop(&dc).code(), Some(0), "{}", daemon.log());
+}

@@ -157,6 +157,7 @@ pub async fn open_with(
         TelegramUpdates {
             shared,
             link: Some(link),
+            ahead: None,
         },
     ))
 }
@@ -586,10 +587,21 @@ async fn download_to(
 }
 
 /// New messages from Telegram, in order, with catch-up after restarts and outages.
+///
+/// # When the update position is saved
+/// grammers' position (the message box state) moves as soon as it *receives* updates: one
+/// `updates.getDifference` of twenty messages moves it past all twenty while they still wait
+/// in grammers' buffers, and every message of one difference carries that same final
+/// position. Saved then, a crash loses the nineteen not yet handed out. So the position is
+/// only written when grammers holds nothing more: [`TelegramUpdates::checkpoint`] first looks
+/// whether the stream has an update ready without waiting (one poll), keeps it for the next
+/// [`Connection::next`] if so, and saves only when it has none.
 pub struct TelegramUpdates {
     shared: Arc<Shared>,
     /// The current pool; `None` only after a rebuild failed half-way.
     link: Option<Link>,
+    /// An update taken from the stream by that look, not yet handed out.
+    ahead: Option<Result<Update, InvocationError>>,
 }
 
 impl TelegramUpdates {
@@ -609,8 +621,14 @@ impl TelegramUpdates {
         saved
     }
 
-    /// Writes the stream's update position into the session and the session to disk.
-    async fn save(&self) -> Result<(), TelegramError> {
+    /// Writes the stream's update position into the session and the session to disk — only
+    /// once everything grammers received was handed out (see the type's docs); otherwise the
+    /// position stays where it was, and a restart fetches the rest again.
+    async fn save(&mut self) -> Result<(), TelegramError> {
+        if !self.drained() {
+            log::debug!("updates still buffered; the update position is saved after them");
+            return Ok(());
+        }
         if let Some(stream) = self.link.as_ref().map(|l| &l.stream) {
             stream
                 .sync_update_state()
@@ -621,13 +639,44 @@ impl TelegramUpdates {
         Ok(())
     }
 
+    /// True when grammers holds no update that was not handed out: nothing kept by an earlier
+    /// look, and the stream has none ready now. A ready update is kept for [`Self::next`].
+    ///
+    /// The look polls the stream's `next` once and drops it if it is not ready, which
+    /// grammers allows between polls: what it had buffered would have made it ready, and a
+    /// difference request it started is simply sent again by the next `next`.
+    fn drained(&mut self) -> bool {
+        match &self.ahead {
+            Some(Ok(_)) => return false,
+            // The stream only fails once its buffers are empty.
+            Some(Err(_)) => return true,
+            None => {}
+        }
+        let Some(link) = self.link.as_mut() else {
+            return true;
+        };
+        let mut context = std::task::Context::from_waker(std::task::Waker::noop());
+        let next = std::pin::pin!(link.stream.next());
+        match next.poll(&mut context) {
+            std::task::Poll::Pending => true,
+            std::task::Poll::Ready(update) => {
+                let failed = update.is_err();
+                self.ahead = Some(update);
+                failed
+            }
+        }
+    }
+
     /// Replaces a stalled or dead pool by a new one that resumes from the saved position.
     async fn rebuild(&mut self) -> Result<(), MessengerError> {
         if let Err(e) = self.save().await {
             log::warn!("saving the Telegram session before reconnecting: {e}");
         }
-        // Stop the old pool before the new one uses the same session.
+        // Stop the old pool before the new one uses the same session. An update kept ahead
+        // is dropped with it: the position was not saved past it, so the new pool's catch-up
+        // brings it again.
         self.link = None;
+        self.ahead = None;
         self.shared.stalled.store(false, Ordering::SeqCst);
         let pool = Pool::start(
             &self.shared.session,
@@ -640,6 +689,15 @@ impl TelegramUpdates {
         })?;
         self.link = Some(link);
         Ok(())
+    }
+
+    /// A new message as the daemon sees it, once the session can name its chat; `None` for
+    /// one that is nothing to the daemon (deleted).
+    async fn hand_out(&self, message: &grammers_client::update::Message) -> Option<Incoming> {
+        if let Some(chat) = message.peer_id().bot_api_dialog_id() {
+            self.shared.learn_chat_of(chat, &message.raw).await;
+        }
+        convert::incoming(message, &self.shared.owner())
     }
 
     fn needs_rebuild(&self) -> bool {
@@ -675,6 +733,18 @@ impl Connection for TelegramUpdates {
             if shared.stalled.load(Ordering::SeqCst) {
                 return Err(stalled());
             }
+            if let Some(update) = self.ahead.take() {
+                match update {
+                    Ok(Update::NewMessage(message)) => {
+                        if let Some(incoming) = self.hand_out(&message).await {
+                            return Ok(incoming);
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(e) => return Err(errors::classify(&e)),
+                }
+                continue;
+            }
             let Some(stream) = self.link.as_mut().map(|l| &mut l.stream) else {
                 return Err(MessengerError::Network("not connected".into()));
             };
@@ -702,10 +772,7 @@ impl Connection for TelegramUpdates {
             };
             match update {
                 Ok(Update::NewMessage(message)) => {
-                    if let Some(chat) = message.peer_id().bot_api_dialog_id() {
-                        shared.learn_chat_of(chat, &message.raw).await;
-                    }
-                    if let Some(incoming) = convert::incoming(&message, &shared.owner()) {
+                    if let Some(incoming) = self.hand_out(&message).await {
                         return Ok(incoming);
                     }
                 }
