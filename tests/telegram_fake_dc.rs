@@ -1263,3 +1263,53 @@ fn a_catch_up_batch_cut_short_by_a_sigkill_is_fetched_again_and_every_voice_answ
     }
     assert_eq!(daemon.stop(&dc).code(), Some(0), "{}", daemon.log());
 }
+
+#[test]
+fn a_reply_whose_answer_was_lost_is_not_posted_twice() {
+    // Telegram posts the transcript, then the connection drops before the answer arrives.
+    // Sending again must reuse the random_id (Telegram then says RANDOM_ID_DUPLICATE), and
+    // that counts as delivered.
+    let dc = FakeDc::start(
+        live_voice(
+            r#"
+[[faults]]
+method = "messages.sendMessage"
+call = 1
+action = "process_then_drop"
+"#,
+        ),
+        None,
+    )
+    .unwrap();
+    let mut daemon = Daemon::start(&dc);
+    let id = daemon.wait(&dc, 60, "the voice push", |log| {
+        log.iter()
+            .find(|e| e["event"] == "push")
+            .and_then(|e| e["id"].as_i64())
+    });
+    let first = daemon.wait(&dc, 180, "the reply", |log| reply_to(log, id));
+    assert_eq!(first.1["fault"], "ProcessThenDrop", "{}", first.1);
+    assert_eq!(first.1["processed"], true, "{}", first.1);
+    // Give a resend, or a second attempt at the whole job, time to happen.
+    let done = daemon.dir.path().join("spool/done.log");
+    daemon.wait(&dc, 60, "the job recorded as done", |_| {
+        let text = std::fs::read_to_string(&done).unwrap_or_default();
+        text.lines()
+            .any(|l| l.trim() == format!("{ANN} {id}"))
+            .then_some(())
+    });
+    std::thread::sleep(Duration::from_secs(5));
+    let replies = dc.replies_in("ann", id as i32);
+    assert_eq!(
+        replies.len(),
+        1,
+        "one transcript in the chat: {replies:?}\n{}",
+        dc.log_text()
+    );
+    assert!(jfk_ok(&replies[0]));
+    let sends = dc.calls("messages.sendMessage");
+    for s in &sends[1..] {
+        assert_eq!(s["random_id"], sends[0]["random_id"], "{sends:?}");
+    }
+    assert_eq!(daemon.stop(&dc).code(), Some(0), "{}", daemon.log());
+}

@@ -506,6 +506,65 @@ impl Messenger for Telegram {
         Ok(sent.id())
     }
 
+    async fn reply_once(
+        &self,
+        chat: ChatId,
+        to: MsgId,
+        text: &str,
+        random_id: i64,
+    ) -> Result<Option<MsgId>, MessengerError> {
+        let shared = &self.shared;
+        let sent = shared
+            .on_chat(chat, |peer| {
+                let request = tl::functions::messages::SendMessage {
+                    no_webpage: true,
+                    silent: false,
+                    background: false,
+                    clear_draft: false,
+                    noforwards: false,
+                    update_stickersets_order: false,
+                    invert_media: false,
+                    allow_paid_floodskip: false,
+                    peer: peer.into(),
+                    reply_to: Some(
+                        tl::types::InputReplyToMessage {
+                            reply_to_msg_id: to,
+                            top_msg_id: None,
+                            reply_to_peer_id: None,
+                            quote_text: None,
+                            quote_entities: None,
+                            quote_offset: None,
+                            monoforum_peer_id: None,
+                            todo_item_id: None,
+                            poll_option: None,
+                        }
+                        .into(),
+                    ),
+                    message: text.to_string(),
+                    random_id,
+                    reply_markup: None,
+                    entities: None,
+                    schedule_date: None,
+                    schedule_repeat_period: None,
+                    send_as: None,
+                    quick_reply_shortcut: None,
+                    effect: None,
+                    allow_paid_stars: None,
+                    suggested_post: None,
+                    rich_message: None,
+                };
+                let client = shared.client();
+                async move { shared.call(client.invoke(&request)).await }
+            })
+            .await;
+        match sent {
+            Ok(updates) => Ok(sent_id(&updates, random_id)),
+            // An earlier try with this random_id was posted; its answer never arrived.
+            Err(MessengerError::Rejected(name)) if name == "RANDOM_ID_DUPLICATE" => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
     async fn edit(&self, chat: ChatId, id: MsgId, text: &str) -> Result<(), MessengerError> {
         let shared = &self.shared;
         let edited = shared
@@ -563,6 +622,36 @@ impl Messenger for Telegram {
             Err(MessengerError::Rejected(name)) if name == "USERNAME_INVALID" => Ok(None),
             Err(e) => Err(e),
         }
+    }
+}
+
+/// The id of the message `messages.sendMessage` posted, from what Telegram answered: the
+/// short form names it, the long one maps the request's `random_id` to it.
+fn sent_id(updates: &tl::enums::Updates, random_id: i64) -> Option<MsgId> {
+    let list = match updates {
+        tl::enums::Updates::UpdateShortSentMessage(u) => return Some(u.id),
+        tl::enums::Updates::Updates(u) => &u.updates,
+        tl::enums::Updates::Combined(u) => &u.updates,
+        _ => return None,
+    };
+    let mapped = list.iter().find_map(|u| match u {
+        tl::enums::Update::MessageId(m) if m.random_id == random_id => Some(m.id),
+        _ => None,
+    });
+    mapped.or_else(|| {
+        list.iter().find_map(|u| match u {
+            tl::enums::Update::NewMessage(m) => Some(message_id(&m.message)),
+            tl::enums::Update::NewChannelMessage(m) => Some(message_id(&m.message)),
+            _ => None,
+        })
+    })
+}
+
+fn message_id(message: &tl::enums::Message) -> MsgId {
+    match message {
+        tl::enums::Message::Message(m) => m.id,
+        tl::enums::Message::Service(m) => m.id,
+        tl::enums::Message::Empty(m) => m.id,
     }
 }
 
