@@ -100,6 +100,11 @@ pub enum MessengerError {
     /// The message or chat does not exist (deleted, or not visible to this account).
     #[error("message not found")]
     NotFound,
+    /// Telegram did not recognise the chat as it was named (PEER_ID_INVALID,
+    /// CHANNEL_INVALID): usually an access hash this side lacks or holds stale. The message
+    /// may well exist; the chat has to be looked up again before the request can succeed.
+    #[error("Telegram does not recognise the chat as named ({0})")]
+    UnknownChat(String),
     /// Network trouble: refused, dropped, timed out, transport error. Retry later.
     #[error("network: {0}")]
     Network(String),
@@ -142,6 +147,21 @@ pub trait Connection {
 pub trait Messenger {
     /// Sends `text` in `chat` as a reply to message `to`; returns the new message's id.
     async fn reply(&self, chat: ChatId, to: MsgId, text: &str) -> Result<MsgId, MessengerError>;
+
+    /// Like [`Messenger::reply`], but safe to repeat: `random_id` names this one message,
+    /// so sending it again after a lost answer or a crash posts nothing new. Returns the new
+    /// message's id, or `None` when the message had already been posted by an earlier try
+    /// (its id then unknown). The default has no such memory and simply replies.
+    async fn reply_once(
+        &self,
+        chat: ChatId,
+        to: MsgId,
+        text: &str,
+        random_id: i64,
+    ) -> Result<Option<MsgId>, MessengerError> {
+        let _ = random_id;
+        self.reply(chat, to, text).await.map(Some)
+    }
 
     /// Replaces the text of one of the owner's messages.
     async fn edit(&self, chat: ChatId, id: MsgId, text: &str) -> Result<(), MessengerError>;

@@ -69,6 +69,50 @@ pub struct Job {
     pub seq: u64,
     /// Last failure, for the error reply and `/status`.
     pub last_error: Option<String>,
+    /// Where the `random_id`s of this job's messages start (the placeholder, each part, the
+    /// error reply: see [`Job::random_id_of`]), chosen when the job is created, so that a
+    /// message sent again — after an answer lost with the connection, or in a later attempt
+    /// after a crash — carries the same one and Telegram posts it once. `None` only in jobs
+    /// written before it existed.
+    #[serde(default)]
+    pub random_id: Option<i64>,
+}
+
+/// A new unpredictable 64-bit number for [`Job::random_id`] (std's hasher keys come from
+/// the operating system's random source).
+pub fn fresh_random_id() -> i64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or_default();
+    h.write_u128(now);
+    h.write_u32(std::process::id());
+    h.finish() as i64
+}
+
+/// Which of a job's messages a `random_id` is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Post {
+    /// The placeholder shown while long audio is transcribed.
+    Placeholder,
+    /// Part `n` (from 0) of the transcript.
+    Part(usize),
+    /// The reply saying the job failed.
+    Failure,
+}
+
+impl Job {
+    /// The `random_id` of one of this job's messages, if the job has its base.
+    pub fn random_id_of(&self, post: Post) -> Option<i64> {
+        let offset = match post {
+            Post::Placeholder => 0,
+            Post::Part(n) => 1 + n as i64,
+            Post::Failure => -1,
+        };
+        self.random_id.map(|base| base.wrapping_add(offset))
+    }
 }
 
 /// Why the spool refused or failed.
@@ -227,6 +271,7 @@ impl Spool {
             attempts: 0,
             seq: self.next_seq,
             last_error: None,
+            random_id: Some(fresh_random_id()),
         };
         self.write(&job)?;
         self.next_seq += 1;

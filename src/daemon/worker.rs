@@ -16,10 +16,10 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
 
-use super::messenger::{Messenger, MessengerError};
+use super::messenger::{Messenger, MessengerError, MsgId};
 use super::reply;
 use super::shutdown::Shutdown;
-use super::spool::{Job, Key, SpoolError};
+use super::spool::{Job, Key, Post, SpoolError};
 use super::{Daemon, STOP_GRACE};
 use crate::whisper::decode::Options;
 
@@ -42,6 +42,9 @@ impl From<MessengerError> for JobError {
     fn from(e: MessengerError) -> Self {
         match e {
             MessengerError::NotFound => JobError::Gone,
+            // Not a deleted message: the chat could not be named even after looking it up
+            // again. Spend an attempt and try later, ending in an error reply, never silence.
+            e @ MessengerError::UnknownChat(_) => JobError::Failed(e.to_string()),
             MessengerError::Unauthorized(why) => JobError::Fatal(why),
             MessengerError::Rejected(why) => JobError::Failed(why),
             e => JobError::Transient(e),
@@ -132,11 +135,15 @@ impl Daemon {
         };
         if long && job.placeholder.is_none() && job.parts_sent == 0 {
             let text = reply::progress(&prefix, &header(0.0), "");
-            let id = self
-                .persist(shutdown, || tg.reply(chat, msg, &text))
-                .await?;
-            self.remember_sent(chat, id);
-            job.placeholder = Some(id);
+            match self
+                .post(tg, job, Post::Placeholder, &text, shutdown)
+                .await?
+            {
+                Some(id) => job.placeholder = Some(id),
+                // Posted by an earlier try whose answer was lost: its id is unknown, so the
+                // transcript comes as a reply of its own.
+                None => log::warn!("{}: placeholder already posted; not edited", job.key),
+            }
             self.spool.borrow_mut().update(job)?;
         }
         let language = self.language();
@@ -198,21 +205,49 @@ impl Daemon {
         parts: &[String],
         shutdown: &Shutdown,
     ) -> Result<(), JobError> {
-        let Key { chat, msg } = job.key;
+        let chat = job.key.chat;
         for (i, text) in parts.iter().enumerate().skip(job.parts_sent) {
             match (i, job.placeholder) {
                 (0, Some(ph)) => {
                     self.persist(shutdown, || tg.edit(chat, ph, text)).await?;
                 }
                 _ => {
-                    let id = self.persist(shutdown, || tg.reply(chat, msg, text)).await?;
-                    self.remember_sent(chat, id);
+                    self.post(tg, job, Post::Part(i), text, shutdown).await?;
                 }
             }
             job.parts_sent = i + 1;
             self.spool.borrow_mut().update(job)?;
         }
         Ok(())
+    }
+
+    /// Posts one of the job's replies at most once: its `random_id` comes from the job (see
+    /// [`Job::random_id_of`]) and is the same in every try — a resend after a lost answer,
+    /// the next attempt after a crash — so Telegram keeps a single copy. `None` when an
+    /// earlier try had already posted it.
+    async fn post<M: Messenger>(
+        &self,
+        tg: &M,
+        job: &mut Job,
+        post: Post,
+        text: &str,
+        shutdown: &Shutdown,
+    ) -> Result<Option<MsgId>, JobError> {
+        let Key { chat, msg } = job.key;
+        if job.random_id.is_none() {
+            // A job from before random_ids were kept: give it its base before sending.
+            job.random_id = Some(super::spool::fresh_random_id());
+            self.spool.borrow_mut().update(job)?;
+        }
+        let random_id = job.random_id_of(post).unwrap_or_default();
+        let sent = self
+            .persist(shutdown, || tg.reply_once(chat, msg, text, random_id))
+            .await?;
+        match sent {
+            Some(id) => self.remember_sent(chat, id),
+            None => log::info!("{}: reply already posted by an earlier try", job.key),
+        }
+        Ok(sent)
     }
 
     /// Tells the owner that a job failed for good.
@@ -224,13 +259,23 @@ impl Daemon {
         shutdown: &Shutdown,
     ) {
         let text = format!("⚠️ could not transcribe this message: {reason}");
-        let Key { chat, msg } = job.key;
+        let chat = job.key.chat;
         let sent = match job.placeholder {
-            Some(ph) => self.persist(shutdown, || tg.edit(chat, ph, &text)).await,
-            None => self
-                .persist(shutdown, || tg.reply(chat, msg, &text))
+            Some(ph) => self
+                .persist(shutdown, || tg.edit(chat, ph, &text))
                 .await
-                .map(|id| self.remember_sent(chat, id)),
+                .map_err(|e| e.to_string()),
+            None => {
+                let mut job = job.clone();
+                self.post(tg, &mut job, Post::Failure, &text, shutdown)
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| match e {
+                        JobError::Transient(e) => e.to_string(),
+                        JobError::Gone => "message not found".into(),
+                        JobError::Failed(why) | JobError::Fatal(why) => why,
+                    })
+            }
         };
         if let Err(e) = sent {
             log::warn!("cannot send the error reply for {}: {e}", job.key);

@@ -27,11 +27,14 @@ const UNAUTHORIZED: &[&str] = &[
 const NOT_FOUND: &[&str] = &[
     "MESSAGE_ID_INVALID",
     "MSG_ID_INVALID",
-    "PEER_ID_INVALID",
     "CHANNEL_PRIVATE",
-    "CHANNEL_INVALID",
     "CHAT_ID_INVALID",
 ];
+
+/// RPC error names that mean Telegram did not recognise the chat as it was named — most
+/// often an access hash the session lacks or holds stale. The chat is looked up again; the
+/// message is not taken for deleted.
+const UNKNOWN_CHAT: &[&str] = &["PEER_ID_INVALID", "CHANNEL_INVALID"];
 
 /// Flood wait assumed when Telegram says 420 without naming the seconds.
 const UNSPECIFIED_FLOOD_WAIT: Duration = Duration::from_secs(60);
@@ -71,6 +74,9 @@ fn classify_rpc(rpc: &RpcError) -> MessengerError {
     }
     if NOT_FOUND.contains(&name) {
         return MessengerError::NotFound;
+    }
+    if UNKNOWN_CHAT.contains(&name) {
+        return MessengerError::UnknownChat(name.to_string());
     }
     // 500 and Telegram's negative codes (-503 "Timeout") are its own trouble; the same
     // request may well succeed later.
@@ -139,7 +145,6 @@ mod tests {
         for name in [
             "MESSAGE_ID_INVALID",
             "MSG_ID_INVALID",
-            "PEER_ID_INVALID",
             "CHANNEL_PRIVATE",
             "CHAT_ID_INVALID",
         ] {
@@ -149,6 +154,18 @@ mod tests {
                 "{name}"
             );
         }
+    }
+
+    #[test]
+    fn an_unrecognised_chat_is_not_a_deleted_message() {
+        for name in ["PEER_ID_INVALID", "CHANNEL_INVALID"] {
+            assert_eq!(
+                classify(&rpc(400, name)),
+                MessengerError::UnknownChat(name.into()),
+                "{name}"
+            );
+        }
+        assert!(!classify(&rpc(400, "PEER_ID_INVALID")).is_transient());
     }
 
     #[test]

@@ -42,7 +42,7 @@ use grammers_client::Client;
 use grammers_mtsender::{
     AutoSleep, ConnectionParams, InvocationError, SenderPool, UpdatesConfiguration,
 };
-use grammers_session::types::{PeerId, PeerRef};
+use grammers_session::types::{PeerId, PeerInfo, PeerKind, PeerRef};
 use grammers_session::updates::UpdatesLike;
 use grammers_session::Session;
 use grammers_tl_types as tl;
@@ -157,6 +157,7 @@ pub async fn open_with(
         TelegramUpdates {
             shared,
             link: Some(link),
+            ahead: None,
         },
     ))
 }
@@ -224,8 +225,8 @@ impl Shared {
     }
 
     /// The chat as grammers wants it: with the access hash from the session's cache, or
-    /// without one (enough for basic groups and contacts; Telegram answers PEER_ID_INVALID,
-    /// i.e. [`MessengerError::NotFound`], otherwise).
+    /// without one (enough for basic groups; Telegram answers PEER_ID_INVALID, i.e.
+    /// [`MessengerError::UnknownChat`], otherwise, and [`Shared::on_chat`] looks it up).
     async fn peer(&self, chat: ChatId) -> Result<PeerRef, MessengerError> {
         let id = PeerId::from_bot_api_dialog_id(chat).ok_or(MessengerError::NotFound)?;
         let cached = self
@@ -242,14 +243,150 @@ impl Shared {
         chat: ChatId,
         id: MsgId,
     ) -> Result<Option<grammers_client::message::Message>, MessengerError> {
-        let peer = self.peer(chat).await?;
-        let client = self.client();
-        let found = self.call(client.get_messages_by_id(peer, &[id])).await?;
+        let found = self
+            .on_chat(chat, |peer| {
+                let client = self.client();
+                async move { self.call(client.get_messages_by_id(peer, &[id])).await }
+            })
+            .await?;
         Ok(found
             .into_iter()
             .next()
             .flatten()
             .filter(|m| !matches!(m.raw, tl::enums::Message::Empty(_))))
+    }
+
+    /// Runs `request` in `chat`. When Telegram does not recognise the chat as named
+    /// ([`MessengerError::UnknownChat`]: a missing or stale access hash), looks the chat up
+    /// again and runs the request once more with what it learned.
+    async fn on_chat<T, F, Fut>(&self, chat: ChatId, request: F) -> Result<T, MessengerError>
+    where
+        F: Fn(PeerRef) -> Fut,
+        Fut: Future<Output = Result<T, MessengerError>>,
+    {
+        let peer = self.peer(chat).await?;
+        match request(peer).await {
+            Err(MessengerError::UnknownChat(why)) => {
+                log::info!("chat {chat}: Telegram answered {why}; looking the chat up again");
+                self.learn_from_dialogs().await?;
+                request(self.peer(chat).await?).await
+            }
+            other => other,
+        }
+    }
+
+    /// True when the session can name `chat` to Telegram: a basic group by its id alone, a
+    /// user or a channel only with its access hash.
+    async fn knows(&self, chat: ChatId) -> bool {
+        let Some(id) = PeerId::from_bot_api_dialog_id(chat) else {
+            return false;
+        };
+        id.kind() == PeerKind::Chat || matches!(self.session.peer_ref(id).await, Ok(Some(_)))
+    }
+
+    /// Caches, through the session, the users and chats Telegram attached to an answer, those
+    /// that carry an access hash (a "min" user or channel has none that this account may use).
+    async fn learn(&self, users: &[tl::enums::User], chats: &[tl::enums::Chat]) {
+        let peers: Vec<PeerInfo> = users
+            .iter()
+            .map(PeerInfo::from)
+            .chain(chats.iter().map(PeerInfo::from))
+            .filter(|p| match p {
+                PeerInfo::User { auth, .. } | PeerInfo::Channel { auth, .. } => auth.is_some(),
+                PeerInfo::Chat { .. } => true,
+            })
+            .collect();
+        if let Err(e) = self.session.cache_peers(peers).await {
+            log::warn!("caching users and chats in the session: {e}");
+        }
+    }
+
+    /// Asks for the account's difference from just before `update`, for the users and chats
+    /// Telegram attaches to it: what its docs advise when a short update names someone the
+    /// client does not know. The message box is not touched (its own position stays).
+    async fn learn_from_difference(
+        &self,
+        update: &tl::enums::Update,
+    ) -> Result<(), MessengerError> {
+        let tl::enums::Update::NewMessage(u) = update else {
+            return Ok(());
+        };
+        if u.pts <= 0 {
+            // From a difference already, which came with its users and chats.
+            return Ok(());
+        }
+        let date = match &u.message {
+            tl::enums::Message::Message(m) => m.date,
+            tl::enums::Message::Service(m) => m.date,
+            tl::enums::Message::Empty(_) => 0,
+        };
+        let qts = self
+            .session
+            .updates_state()
+            .await
+            .map(|s| s.qts)
+            .unwrap_or(0);
+        let request = tl::functions::updates::GetDifference {
+            pts: (u.pts - u.pts_count.max(1)).max(1),
+            pts_limit: None,
+            pts_total_limit: None,
+            date: (date - 1).max(1),
+            qts,
+            qts_limit: None,
+        };
+        let client = self.client();
+        match self.call(client.invoke(&request)).await? {
+            tl::enums::updates::Difference::Difference(d) => self.learn(&d.users, &d.chats).await,
+            tl::enums::updates::Difference::Slice(d) => self.learn(&d.users, &d.chats).await,
+            tl::enums::updates::Difference::Empty(_)
+            | tl::enums::updates::Difference::TooLong(_) => {}
+        }
+        Ok(())
+    }
+
+    /// Looks chats up again in the first page of the dialog list (the chats with the most
+    /// recent messages), caching the users and chats it names.
+    async fn learn_from_dialogs(&self) -> Result<(), MessengerError> {
+        let request = tl::functions::messages::GetDialogs {
+            exclude_pinned: false,
+            folder_id: None,
+            offset_date: 0,
+            offset_id: 0,
+            offset_peer: tl::enums::InputPeer::Empty,
+            limit: 100,
+            hash: 0,
+        };
+        let client = self.client();
+        match self.call(client.invoke(&request)).await? {
+            tl::enums::messages::Dialogs::Dialogs(d) => self.learn(&d.users, &d.chats).await,
+            tl::enums::messages::Dialogs::Slice(d) => self.learn(&d.users, &d.chats).await,
+            tl::enums::messages::Dialogs::NotModified(_) => {}
+        }
+        Ok(())
+    }
+
+    /// Makes sure the session can name the chat of an incoming message before the message is
+    /// handed on (a command is answered there, a job replies there): when the update came
+    /// without the chat's access hash, from the difference just before it, else from the
+    /// dialog list. Failing both, the message is handed on anyway; requests in that chat then
+    /// look it up again.
+    async fn learn_chat_of(&self, chat: ChatId, update: &tl::enums::Update) {
+        if self.knows(chat).await {
+            return;
+        }
+        if let Err(e) = self.learn_from_difference(update).await {
+            log::warn!("chat {chat}: fetching the difference for its access hash: {e}");
+        }
+        if self.knows(chat).await {
+            log::info!("chat {chat}: access hash learned from the difference");
+            return;
+        }
+        if let Err(e) = self.learn_from_dialogs().await {
+            log::warn!("chat {chat}: fetching the dialog list for its access hash: {e}");
+        }
+        if !self.knows(chat).await {
+            log::warn!("chat {chat}: Telegram named no access hash for it");
+        }
     }
 }
 
@@ -355,25 +492,89 @@ pub struct Telegram {
 
 impl Messenger for Telegram {
     async fn reply(&self, chat: ChatId, to: MsgId, text: &str) -> Result<MsgId, MessengerError> {
-        let peer = self.shared.peer(chat).await?;
-        let message = InputMessage::new()
-            .text(text)
-            .reply_to(Some(to))
-            .link_preview(false);
-        let client = self.shared.client();
-        let sent = self.shared.call(client.send_message(peer, message)).await?;
+        let shared = &self.shared;
+        let sent = shared
+            .on_chat(chat, |peer| {
+                let message = InputMessage::new()
+                    .text(text)
+                    .reply_to(Some(to))
+                    .link_preview(false);
+                let client = shared.client();
+                async move { shared.call(client.send_message(peer, message)).await }
+            })
+            .await?;
         Ok(sent.id())
     }
 
+    async fn reply_once(
+        &self,
+        chat: ChatId,
+        to: MsgId,
+        text: &str,
+        random_id: i64,
+    ) -> Result<Option<MsgId>, MessengerError> {
+        let shared = &self.shared;
+        let sent = shared
+            .on_chat(chat, |peer| {
+                let request = tl::functions::messages::SendMessage {
+                    no_webpage: true,
+                    silent: false,
+                    background: false,
+                    clear_draft: false,
+                    noforwards: false,
+                    update_stickersets_order: false,
+                    invert_media: false,
+                    allow_paid_floodskip: false,
+                    peer: peer.into(),
+                    reply_to: Some(
+                        tl::types::InputReplyToMessage {
+                            reply_to_msg_id: to,
+                            top_msg_id: None,
+                            reply_to_peer_id: None,
+                            quote_text: None,
+                            quote_entities: None,
+                            quote_offset: None,
+                            monoforum_peer_id: None,
+                            todo_item_id: None,
+                            poll_option: None,
+                        }
+                        .into(),
+                    ),
+                    message: text.to_string(),
+                    random_id,
+                    reply_markup: None,
+                    entities: None,
+                    schedule_date: None,
+                    schedule_repeat_period: None,
+                    send_as: None,
+                    quick_reply_shortcut: None,
+                    effect: None,
+                    allow_paid_stars: None,
+                    suggested_post: None,
+                    rich_message: None,
+                };
+                let client = shared.client();
+                async move { shared.call(client.invoke(&request)).await }
+            })
+            .await;
+        match sent {
+            Ok(updates) => Ok(sent_id(&updates, random_id)),
+            // An earlier try with this random_id was posted; its answer never arrived.
+            Err(MessengerError::Rejected(name)) if name == "RANDOM_ID_DUPLICATE" => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
     async fn edit(&self, chat: ChatId, id: MsgId, text: &str) -> Result<(), MessengerError> {
-        let peer = self.shared.peer(chat).await?;
-        let message = InputMessage::new().text(text).link_preview(false);
-        let client = self.shared.client();
-        match self
-            .shared
-            .call(client.edit_message(peer, id, message))
-            .await
-        {
+        let shared = &self.shared;
+        let edited = shared
+            .on_chat(chat, |peer| {
+                let message = InputMessage::new().text(text).link_preview(false);
+                let client = shared.client();
+                async move { shared.call(client.edit_message(peer, id, message)).await }
+            })
+            .await;
+        match edited {
             // The text is already what was asked for.
             Err(MessengerError::Rejected(name)) if name == "MESSAGE_NOT_MODIFIED" => Ok(()),
             other => other,
@@ -424,6 +625,36 @@ impl Messenger for Telegram {
     }
 }
 
+/// The id of the message `messages.sendMessage` posted, from what Telegram answered: the
+/// short form names it, the long one maps the request's `random_id` to it.
+fn sent_id(updates: &tl::enums::Updates, random_id: i64) -> Option<MsgId> {
+    let list = match updates {
+        tl::enums::Updates::UpdateShortSentMessage(u) => return Some(u.id),
+        tl::enums::Updates::Updates(u) => &u.updates,
+        tl::enums::Updates::Combined(u) => &u.updates,
+        _ => return None,
+    };
+    let mapped = list.iter().find_map(|u| match u {
+        tl::enums::Update::MessageId(m) if m.random_id == random_id => Some(m.id),
+        _ => None,
+    });
+    mapped.or_else(|| {
+        list.iter().find_map(|u| match u {
+            tl::enums::Update::NewMessage(m) => Some(message_id(&m.message)),
+            tl::enums::Update::NewChannelMessage(m) => Some(message_id(&m.message)),
+            _ => None,
+        })
+    })
+}
+
+fn message_id(message: &tl::enums::Message) -> MsgId {
+    match message {
+        tl::enums::Message::Message(m) => m.id,
+        tl::enums::Message::Service(m) => m.id,
+        tl::enums::Message::Empty(m) => m.id,
+    }
+}
+
 /// Streams the media into `dest` chunk by chunk, each chunk under the request deadline.
 async fn download_to(
     shared: &Shared,
@@ -445,10 +676,21 @@ async fn download_to(
 }
 
 /// New messages from Telegram, in order, with catch-up after restarts and outages.
+///
+/// # When the update position is saved
+/// grammers' position (the message box state) moves as soon as it *receives* updates: one
+/// `updates.getDifference` of twenty messages moves it past all twenty while they still wait
+/// in grammers' buffers, and every message of one difference carries that same final
+/// position. Saved then, a crash loses the nineteen not yet handed out. So the position is
+/// only written when grammers holds nothing more: [`TelegramUpdates::checkpoint`] first looks
+/// whether the stream has an update ready without waiting (one poll), keeps it for the next
+/// [`Connection::next`] if so, and saves only when it has none.
 pub struct TelegramUpdates {
     shared: Arc<Shared>,
     /// The current pool; `None` only after a rebuild failed half-way.
     link: Option<Link>,
+    /// An update taken from the stream by that look, not yet handed out.
+    ahead: Option<Result<Update, InvocationError>>,
 }
 
 impl TelegramUpdates {
@@ -468,8 +710,14 @@ impl TelegramUpdates {
         saved
     }
 
-    /// Writes the stream's update position into the session and the session to disk.
-    async fn save(&self) -> Result<(), TelegramError> {
+    /// Writes the stream's update position into the session and the session to disk — only
+    /// once everything grammers received was handed out (see the type's docs); otherwise the
+    /// position stays where it was, and a restart fetches the rest again.
+    async fn save(&mut self) -> Result<(), TelegramError> {
+        if !self.drained() {
+            log::debug!("updates still buffered; the update position is saved after them");
+            return Ok(());
+        }
         if let Some(stream) = self.link.as_ref().map(|l| &l.stream) {
             stream
                 .sync_update_state()
@@ -480,13 +728,44 @@ impl TelegramUpdates {
         Ok(())
     }
 
+    /// True when grammers holds no update that was not handed out: nothing kept by an earlier
+    /// look, and the stream has none ready now. A ready update is kept for [`Self::next`].
+    ///
+    /// The look polls the stream's `next` once and drops it if it is not ready, which
+    /// grammers allows between polls: what it had buffered would have made it ready, and a
+    /// difference request it started is simply sent again by the next `next`.
+    fn drained(&mut self) -> bool {
+        match &self.ahead {
+            Some(Ok(_)) => return false,
+            // The stream only fails once its buffers are empty.
+            Some(Err(_)) => return true,
+            None => {}
+        }
+        let Some(link) = self.link.as_mut() else {
+            return true;
+        };
+        let mut context = std::task::Context::from_waker(std::task::Waker::noop());
+        let next = std::pin::pin!(link.stream.next());
+        match next.poll(&mut context) {
+            std::task::Poll::Pending => true,
+            std::task::Poll::Ready(update) => {
+                let failed = update.is_err();
+                self.ahead = Some(update);
+                failed
+            }
+        }
+    }
+
     /// Replaces a stalled or dead pool by a new one that resumes from the saved position.
     async fn rebuild(&mut self) -> Result<(), MessengerError> {
         if let Err(e) = self.save().await {
             log::warn!("saving the Telegram session before reconnecting: {e}");
         }
-        // Stop the old pool before the new one uses the same session.
+        // Stop the old pool before the new one uses the same session. An update kept ahead
+        // is dropped with it: the position was not saved past it, so the new pool's catch-up
+        // brings it again.
         self.link = None;
+        self.ahead = None;
         self.shared.stalled.store(false, Ordering::SeqCst);
         let pool = Pool::start(
             &self.shared.session,
@@ -499,6 +778,15 @@ impl TelegramUpdates {
         })?;
         self.link = Some(link);
         Ok(())
+    }
+
+    /// A new message as the daemon sees it, once the session can name its chat; `None` for
+    /// one that is nothing to the daemon (deleted).
+    async fn hand_out(&self, message: &grammers_client::update::Message) -> Option<Incoming> {
+        if let Some(chat) = message.peer_id().bot_api_dialog_id() {
+            self.shared.learn_chat_of(chat, &message.raw).await;
+        }
+        convert::incoming(message, &self.shared.owner())
     }
 
     fn needs_rebuild(&self) -> bool {
@@ -534,6 +822,18 @@ impl Connection for TelegramUpdates {
             if shared.stalled.load(Ordering::SeqCst) {
                 return Err(stalled());
             }
+            if let Some(update) = self.ahead.take() {
+                match update {
+                    Ok(Update::NewMessage(message)) => {
+                        if let Some(incoming) = self.hand_out(&message).await {
+                            return Ok(incoming);
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(e) => return Err(errors::classify(&e)),
+                }
+                continue;
+            }
             let Some(stream) = self.link.as_mut().map(|l| &mut l.stream) else {
                 return Err(MessengerError::Network("not connected".into()));
             };
@@ -561,7 +861,7 @@ impl Connection for TelegramUpdates {
             };
             match update {
                 Ok(Update::NewMessage(message)) => {
-                    if let Some(incoming) = convert::incoming(&message, &shared.owner()) {
+                    if let Some(incoming) = self.hand_out(&message).await {
                         return Ok(incoming);
                     }
                 }
