@@ -946,10 +946,10 @@ fn voices_caught_up_in_one_batch_survive_a_sigkill_and_are_each_answered_once() 
     }
     let diffs = dc.calls("updates.getDifference");
     assert!(diffs.len() >= 2, "the restart caught up again: {diffs:?}");
-    // The update position saved before the kill already covered all three messages (it was
-    // 104 when this was written: 3 voices + the reply), so the restart's difference no longer
-    // has 42 and 43: it is the spool, written when they were queued, that kept them.
-    assert!(diffs[1]["pts"].as_i64().unwrap() > 100, "{diffs:?}");
+    // The update position on disk at the kill is at most SAVE_INTERVAL old: the restart's
+    // difference may bring 41..=43 again (the spool and its done log absorb them) or start
+    // past them (then the spool, written when they were queued, kept 42 and 43).
+    assert!(diffs[1]["pts"].as_i64().unwrap() >= 100, "{diffs:?}");
     assert_eq!(daemon.stop(&dc).code(), Some(0), "{}", daemon.log());
 }
 
@@ -1310,6 +1310,179 @@ action = "process_then_drop"
     let sends = dc.calls("messages.sendMessage");
     for s in &sends[1..] {
         assert_eq!(s["random_id"], sends[0]["random_id"], "{sends:?}");
+    }
+    assert_eq!(daemon.stop(&dc).code(), Some(0), "{}", daemon.log());
+}
+
+/// (rchar, wchar, syscw, write_bytes) of a process, from `/proc/<pid>/io`.
+fn proc_io(pid: u32) -> (u64, u64, u64, u64) {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/io")).unwrap_or_default();
+    let field = |name: &str| {
+        text.lines()
+            .find_map(|l| {
+                l.strip_prefix(name)?
+                    .strip_prefix(": ")?
+                    .trim()
+                    .parse()
+                    .ok()
+            })
+            .unwrap_or(0)
+    };
+    (
+        field("rchar"),
+        field("wchar"),
+        field("syscw"),
+        field("write_bytes"),
+    )
+}
+
+/// How much the daemon writes per voice message: ten live voices from a tracked user, the
+/// daemon's `/proc/<pid>/io` before the first and after the last reply. With
+/// FAKE_DC_STRACE=1 the daemon runs under `strace -f -c -e trace=fsync,fdatasync` and the
+/// summary is printed too. Run with `-- --ignored --nocapture measure_`.
+#[test]
+#[ignore = "a measurement, not a check: prints bytes written and fsync calls per voice"]
+fn measure_disk_writes_per_voice_message() {
+    const N: i64 = 10;
+    let voices: String = (0..N)
+        .map(|i| {
+            format!(
+                "[[messages]]\nchat = \"ann\"\nafter_s = {}\n[messages.voice]\nfile = {:?}\nduration_s = 11\n",
+                4.0 + i as f64 * 0.5,
+                jfk()
+            )
+        })
+        .collect();
+    let dc = FakeDc::start(scenario(&voices), None).unwrap();
+    let dir = tempfile::tempdir_in(common::root().join("target")).unwrap();
+    common::model_dir("tiny.en");
+    let config = dc
+        .write_state_dir(
+            dir.path(),
+            &format!(
+                "model = \"tiny.en\"\nthreads = 2\nnice = 0\nmodels_dir = {:?}",
+                common::root().join("models/cache")
+            ),
+        )
+        .unwrap();
+    let strace = std::env::var_os("FAKE_DC_STRACE").is_some();
+    let summary = dir.path().join("strace.txt");
+    let mut command = if strace {
+        let mut c = Command::new("strace");
+        c.arg("-f")
+            .arg("-c")
+            .arg("-o")
+            .arg(&summary)
+            .arg("-e")
+            .arg("trace=fsync,fdatasync")
+            .arg(common::bin());
+        c
+    } else {
+        Command::new(common::bin())
+    };
+    let log = std::fs::File::create(dir.path().join("daemon.log")).unwrap();
+    let mut child = command
+        .arg("--state-dir")
+        .arg(dir.path())
+        .arg("--config")
+        .arg(&config)
+        .arg("run")
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(300);
+    let wait = |what: &str, found: &dyn Fn(&[Value]) -> bool| loop {
+        if found(&dc.log()) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    wait("the first update sync", &|log| {
+        log.iter().any(|e| e["method"] == "updates.getDifference")
+    });
+    // Under strace the daemon is strace's child.
+    let daemon = if strace {
+        std::fs::read_to_string(format!("/proc/{0}/task/{0}/children", child.id()))
+            .unwrap()
+            .split_whitespace()
+            .next()
+            .and_then(|p| p.parse().ok())
+            .expect("the daemon under strace")
+    } else {
+        child.id()
+    };
+    let before = proc_io(daemon);
+    wait("ten replies", &|log| {
+        log.iter()
+            .filter(|e| e["method"] == "messages.sendMessage" && e["answer"] == "ok")
+            .count()
+            >= N as usize
+    });
+    std::thread::sleep(Duration::from_secs(1));
+    let after = proc_io(daemon);
+    let pid = nix::unistd::Pid::from_raw(daemon as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
+    child.wait().unwrap();
+    if strace {
+        eprintln!("{}", std::fs::read_to_string(&summary).unwrap_or_default());
+    } else {
+        let per = |a: u64, b: u64| (b - a) as f64 / N as f64;
+        eprintln!(
+            "per voice message: wchar {:.0} B, write syscalls {:.1}, write_bytes {:.0} B",
+            per(before.1, after.1),
+            per(before.2, after.2),
+            per(before.3, after.3)
+        );
+    }
+}
+
+#[test]
+fn voices_survive_sigkills_at_random_moments_and_are_each_answered_once() {
+    // Five voices caught up at start; the daemon is killed three times at random moments
+    // (while catching up, downloading, transcribing or replying) and started again. The
+    // update position on disk may be older than what was handled; the spool, its done log and
+    // the replies' random_ids make every voice answered exactly once all the same.
+    let voice = |id: i32| {
+        format!(
+            "[[messages]]\nchat = \"ann\"\nid = {id}\ndelivery = \"offline\"\n\
+             [messages.voice]\nfile = {:?}\nduration_s = 11\n",
+            jfk()
+        )
+    };
+    let dc = FakeDc::start(scenario(&(41..=45).map(voice).collect::<String>()), None).unwrap();
+    let mut daemon = Daemon::start(&dc);
+    let mut seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64;
+    let mut kills = Vec::new();
+    for _ in 0..3 {
+        seed = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        let after = Duration::from_millis(2_000 + (seed >> 33) % 10_000);
+        std::thread::sleep(after);
+        kills.push(after);
+        daemon.kill();
+        daemon.restart();
+    }
+    daemon.wait(&dc, 400, "replies to all five", |log| {
+        (41..=45)
+            .all(|id| reply_to(log, id).is_some())
+            .then_some(())
+    });
+    std::thread::sleep(Duration::from_secs(5));
+    for id in 41..=45 {
+        let replies = dc.replies_in("ann", id);
+        assert_eq!(
+            replies.len(),
+            1,
+            "message {id} answered once (killed after {kills:?}): {replies:?}"
+        );
+        assert!(jfk_ok(&replies[0]), "{replies:?}");
     }
     assert_eq!(daemon.stop(&dc).code(), Some(0), "{}", daemon.log());
 }

@@ -697,7 +697,7 @@ impl TelegramUpdates {
     /// Saves the update position and the session, then shuts the connections down. Used at
     /// SIGTERM, so the next start resumes exactly after the last handled message.
     pub async fn close(mut self) -> Result<(), TelegramError> {
-        let saved = self.save().await;
+        let saved = self.save(true).await;
         self.shared.client().disconnect();
         // A stalled runner cannot hear the request to quit; dropping the link aborts it.
         if let Some(link) = self
@@ -710,10 +710,12 @@ impl TelegramUpdates {
         saved
     }
 
-    /// Writes the stream's update position into the session and the session to disk — only
-    /// once everything grammers received was handed out (see the type's docs); otherwise the
-    /// position stays where it was, and a restart fetches the rest again.
-    async fn save(&mut self) -> Result<(), TelegramError> {
+    /// Writes the stream's update position into the session — only once everything grammers
+    /// received was handed out (see the type's docs); otherwise the position stays where it
+    /// was, and a restart fetches the rest again — and the session to disk: at once when
+    /// `now` (shutdown, reconnect), else only when [`session::SAVE_INTERVAL`] has passed
+    /// since the last write.
+    async fn save(&mut self, now: bool) -> Result<(), TelegramError> {
         if !self.drained() {
             log::debug!("updates still buffered; the update position is saved after them");
             return Ok(());
@@ -724,7 +726,11 @@ impl TelegramUpdates {
                 .await
                 .map_err(|e| MessengerError::Rejected(format!("session: {e}")))?;
         }
-        self.shared.session.flush()?;
+        if now {
+            self.shared.session.flush()?;
+        } else {
+            self.shared.session.flush_if_due()?;
+        }
         Ok(())
     }
 
@@ -758,7 +764,7 @@ impl TelegramUpdates {
 
     /// Replaces a stalled or dead pool by a new one that resumes from the saved position.
     async fn rebuild(&mut self) -> Result<(), MessengerError> {
-        if let Err(e) = self.save().await {
+        if let Err(e) = self.save(true).await {
             log::warn!("saving the Telegram session before reconnecting: {e}");
         }
         // Stop the old pool before the new one uses the same session. An update kept ahead
@@ -843,8 +849,24 @@ impl Connection for TelegramUpdates {
                 let next = stream.next();
                 tokio::pin!(next);
                 loop {
+                    // The session holds only positions saved at drained points, so writing
+                    // it while waiting is safe; it keeps a quiet daemon's file fresh.
+                    let due = shared.session.due_at();
+                    let write_due = async move {
+                        match due {
+                            Some(t) => tokio::time::sleep_until(t.into()).await,
+                            None => std::future::pending().await,
+                        }
+                    };
                     tokio::select! {
                         update = &mut next => break update,
+                        _ = write_due => {
+                            if let Err(e) = shared.session.flush_if_due() {
+                                log::warn!("saving the Telegram session: {e}");
+                                // Still due: do not spin on a failing disk.
+                                tokio::time::sleep(Duration::from_secs(1)).await;
+                            }
+                        }
                         _ = shared.stall_notice.notified() => {
                             if shared.stalled.load(Ordering::SeqCst) {
                                 return Err(stalled());
@@ -872,7 +894,7 @@ impl Connection for TelegramUpdates {
     }
 
     async fn checkpoint(&mut self) -> Result<(), MessengerError> {
-        self.save().await.map_err(|e| match e {
+        self.save(false).await.map_err(|e| match e {
             TelegramError::Telegram(e) => e,
             other => MessengerError::Rejected(other.to_string()),
         })

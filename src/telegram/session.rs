@@ -14,8 +14,11 @@
 //! Writes are sorted by what a crash would cost. Keys, data centers, the home data center and
 //! the owner's identity are written at once. Peers and the update position change with almost
 //! every update, so those only mark the file dirty and are written at most every
-//! [`SAVE_INTERVAL`]; [`FileSession::flush`] (called at every checkpoint and at shutdown) writes
-//! whatever is pending. The [`Session`] methods never fail on a disk error: grammers would turn
+//! [`SAVE_INTERVAL`] ([`FileSession::flush_if_due`], at checkpoints and on a timer while
+//! waiting for updates); [`FileSession::flush`] (at shutdown and right before a reconnect)
+//! writes whatever is pending. A crash loses at most that interval of update position: the
+//! restart's catch-up then brings some messages again, and the spool's done log recognises
+//! them. Peers learned ride along with the next write of either kind. The [`Session`] methods never fail on a disk error: grammers would turn
 //! it into a failed request, which cannot help. They log it, keep the data dirty, and the next
 //! flush reports it.
 
@@ -208,6 +211,32 @@ impl FileSession {
             self.write(&mut data)?;
         }
         Ok(())
+    }
+
+    /// Writes pending changes if the last write is at least [`SAVE_INTERVAL`] old; true when
+    /// it wrote. Called at every checkpoint, so a busy stream of messages costs one write per
+    /// interval rather than one per message.
+    pub fn flush_if_due(&self) -> Result<bool, SessionError> {
+        let mut data = self.lock()?;
+        let due = data.last_save.is_none_or(|t| t.elapsed() >= SAVE_INTERVAL);
+        if data.dirty && due {
+            self.write(&mut data)?;
+            return Ok(true);
+        }
+        Ok(false)
+    }
+
+    /// When pending changes become due for [`Self::flush_if_due`]; `None` when nothing is
+    /// pending.
+    pub fn due_at(&self) -> Option<Instant> {
+        let data = self.lock().ok()?;
+        if !data.dirty {
+            return None;
+        }
+        Some(
+            data.last_save
+                .map_or_else(Instant::now, |t| t + SAVE_INTERVAL),
+        )
     }
 
     /// Aims the session at one data center address with a known key, as the home data center,
@@ -557,6 +586,31 @@ mod tests {
             Some([1; 256])
         );
         // The urgent write carried the pending position along.
+        assert_eq!(block_on(on_disk.updates_state()).unwrap().pts, 5);
+    }
+
+    #[test]
+    fn update_position_is_written_once_per_interval_not_per_change() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = session_path(dir.path());
+        let session = FileSession::new(&path);
+        session.flush().unwrap();
+        for pts in 1..=5 {
+            block_on(session.set_update_state(UpdateState::Primary {
+                pts,
+                date: 6,
+                seq: 7,
+            }))
+            .unwrap();
+            assert!(!session.flush_if_due().unwrap(), "not due yet");
+        }
+        let due = session.due_at().expect("changes pending");
+        assert!(due > Instant::now());
+        let on_disk = FileSession::load(&path).unwrap().unwrap();
+        assert_eq!(block_on(on_disk.updates_state()).unwrap().pts, 0);
+        session.flush().unwrap();
+        assert!(session.due_at().is_none());
+        let on_disk = FileSession::load(&path).unwrap().unwrap();
         assert_eq!(block_on(on_disk.updates_state()).unwrap().pts, 5);
     }
 
