@@ -331,11 +331,7 @@ fn bad_audio_gets_an_error_reply_without_blocking_the_queue() {
     assert!(bot.log().contains("deleted"), "{}", bot.log());
     assert_eq!(bot.stop().code(), Some(0));
     // Nothing left in the spool.
-    let left: Vec<_> = std::fs::read_dir(bot.state.join("spool"))
-        .unwrap()
-        .filter_map(|e| e.ok())
-        .filter(|e| e.path().extension().is_some_and(|x| x == "job"))
-        .collect();
+    let left = common::spool_on_disk(&bot.state).pending;
     assert!(left.is_empty(), "{left:?}");
 }
 

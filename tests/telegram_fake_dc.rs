@@ -919,11 +919,10 @@ fn voices_caught_up_in_one_batch_survive_a_sigkill_and_are_each_answered_once() 
     daemon.wait(&dc, 180, "the first reply", |log| reply_to(log, 41));
     // Kill once the first job is recorded as done. (Killed between the reply and that record,
     // the daemon answers 41 a second time after the restart: delivery is at least once.)
-    let done = daemon.dir.path().join("spool/done.log");
     daemon.wait(&dc, 30, "the first job recorded as done", |_| {
-        let text = std::fs::read_to_string(&done).unwrap_or_default();
-        text.lines()
-            .any(|l| l.trim() == format!("{ANN} 41"))
+        common::spool_on_disk(daemon.dir.path())
+            .done
+            .contains(&(ANN, 41))
             .then_some(())
     });
     daemon.kill();
@@ -947,7 +946,7 @@ fn voices_caught_up_in_one_batch_survive_a_sigkill_and_are_each_answered_once() 
     let diffs = dc.calls("updates.getDifference");
     assert!(diffs.len() >= 2, "the restart caught up again: {diffs:?}");
     // The update position on disk at the kill is at most SAVE_INTERVAL old: the restart's
-    // difference may bring 41..=43 again (the spool and its done log absorb them) or start
+    // difference may bring 41..=43 again (the spool's done records absorb them) or start
     // past them (then the spool, written when they were queued, kept 42 and 43).
     assert!(diffs[1]["pts"].as_i64().unwrap() >= 100, "{diffs:?}");
     assert_eq!(daemon.stop(&dc).code(), Some(0), "{}", daemon.log());
@@ -1213,20 +1212,14 @@ fn a_catch_up_batch_cut_short_by_a_sigkill_is_fetched_again_and_every_voice_answ
             .cloned()
     });
     daemon.wait(&dc, 180, "the first reply", |log| reply_to(log, 41));
-    let spool = daemon.dir.path().join("spool");
     daemon.wait(&dc, 30, "the first job recorded as done", |_| {
-        let text = std::fs::read_to_string(spool.join("done.log")).unwrap_or_default();
-        text.lines()
-            .any(|l| l.trim() == format!("{ANN} 41"))
+        common::spool_on_disk(daemon.dir.path())
+            .done
+            .contains(&(ANN, 41))
             .then_some(())
     });
     // The receiver is still stuck on the command: nothing after it was spooled.
-    let jobs: Vec<String> = std::fs::read_dir(&spool)
-        .unwrap()
-        .filter_map(|e| e.ok())
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .filter(|n| n.ends_with(".job"))
-        .collect();
+    let jobs = common::spool_on_disk(daemon.dir.path()).pending;
     assert!(
         jobs.is_empty(),
         "42..=60 must not be spooled before the kill: {jobs:?}"
@@ -1291,11 +1284,10 @@ action = "process_then_drop"
     assert_eq!(first.1["fault"], "ProcessThenDrop", "{}", first.1);
     assert_eq!(first.1["processed"], true, "{}", first.1);
     // Give a resend, or a second attempt at the whole job, time to happen.
-    let done = daemon.dir.path().join("spool/done.log");
     daemon.wait(&dc, 60, "the job recorded as done", |_| {
-        let text = std::fs::read_to_string(&done).unwrap_or_default();
-        text.lines()
-            .any(|l| l.trim() == format!("{ANN} {id}"))
+        common::spool_on_disk(daemon.dir.path())
+            .done
+            .contains(&(ANN, id))
             .then_some(())
     });
     std::thread::sleep(Duration::from_secs(5));
@@ -1315,7 +1307,7 @@ action = "process_then_drop"
 }
 
 /// (rchar, wchar, syscw, write_bytes) of a process, from `/proc/<pid>/io`.
-fn proc_io(pid: u32) -> (u64, u64, u64, u64) {
+fn proc_io(pid: u32) -> (u64, u64, u64, u64, u64) {
     let text = std::fs::read_to_string(format!("/proc/{pid}/io")).unwrap_or_default();
     let field = |name: &str| {
         text.lines()
@@ -1333,17 +1325,18 @@ fn proc_io(pid: u32) -> (u64, u64, u64, u64) {
         field("wchar"),
         field("syscw"),
         field("write_bytes"),
+        field("cancelled_write_bytes"),
     )
 }
 
-/// How much the daemon writes per voice message: ten live voices from a tracked user, the
+/// How much the daemon writes per voice message: twenty live voices from a tracked user, the
 /// daemon's `/proc/<pid>/io` before the first and after the last reply. With
 /// FAKE_DC_STRACE=1 the daemon runs under `strace -f -c -e trace=fsync,fdatasync` and the
 /// summary is printed too. Run with `-- --ignored --nocapture measure_`.
 #[test]
 #[ignore = "a measurement, not a check: prints bytes written and fsync calls per voice"]
 fn measure_disk_writes_per_voice_message() {
-    const N: i64 = 10;
+    const N: i64 = 20;
     let voices: String = (0..N)
         .map(|i| {
             format!(
@@ -1415,7 +1408,7 @@ fn measure_disk_writes_per_voice_message() {
         child.id()
     };
     let before = proc_io(daemon);
-    wait("ten replies", &|log| {
+    wait("twenty replies", &|log| {
         log.iter()
             .filter(|e| e["method"] == "messages.sendMessage" && e["answer"] == "ok")
             .count()
@@ -1427,14 +1420,28 @@ fn measure_disk_writes_per_voice_message() {
     nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
     child.wait().unwrap();
     if strace {
-        eprintln!("{}", std::fs::read_to_string(&summary).unwrap_or_default());
+        // `strace -c`: a row per syscall, its call count in the fourth column. The counts
+        // cover the whole run, start and shutdown included: an upper bound per message.
+        let text = std::fs::read_to_string(&summary).unwrap_or_default();
+        eprintln!("{text}");
+        let calls: u64 = text
+            .lines()
+            .filter(|l| l.ends_with(" fsync") || l.ends_with(" fdatasync"))
+            .filter_map(|l| l.split_whitespace().nth(3)?.parse::<u64>().ok())
+            .sum();
+        eprintln!(
+            "fsync + fdatasync: {calls} in the whole run, {:.2} per voice message",
+            calls as f64 / N as f64
+        );
     } else {
         let per = |a: u64, b: u64| (b - a) as f64 / N as f64;
         eprintln!(
-            "per voice message: wchar {:.0} B, write syscalls {:.1}, write_bytes {:.0} B",
+            "per voice message: wchar {:.0} B, write syscalls {:.1}, write_bytes {:.0} B, \
+             cancelled_write_bytes {:.0} B",
             per(before.1, after.1),
             per(before.2, after.2),
-            per(before.3, after.3)
+            per(before.3, after.3),
+            per(before.4, after.4)
         );
     }
 }
@@ -1443,7 +1450,7 @@ fn measure_disk_writes_per_voice_message() {
 fn voices_survive_sigkills_at_random_moments_and_are_each_answered_once() {
     // Five voices caught up at start; the daemon is killed three times at random moments
     // (while catching up, downloading, transcribing or replying) and started again. The
-    // update position on disk may be older than what was handled; the spool, its done log and
+    // update position on disk may be older than what was handled; the spool, its done records and
     // the replies' random_ids make every voice answered exactly once all the same.
     let voice = |id: i32| {
         format!(

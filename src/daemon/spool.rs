@@ -1,18 +1,37 @@
-//! The on-disk job spool: every voice message to transcribe is a file before work starts.
+//! The on-disk job spool: every voice message to transcribe is on disk before work starts.
 //!
 //! A job is keyed by (chat id, message id), so the same message offered twice — by Telegram's
 //! catch-up after a restart, or by an owner's `/transcribe` of something already queued — is
-//! done once. Each job is its own small JSON file in `<state>/spool/`, written atomically; the
-//! file leaves the spool only after the reply was sent, and the key is then appended to
-//! `done.log` (fsync'd) so a late duplicate of a finished job is recognised too. On start the
-//! spool is read back and pending jobs resume in arrival order.
+//! done once. On start the spool is read back and pending jobs resume in arrival order.
+//!
+//! The spool is one append-only journal, `<state>/spool/journal.jsonl`: a line per event — a job
+//! added, a job's progress (attempts, placeholder, parts sent), a job done. A board's SD card
+//! wears with every block written and each flush to it costs tens of milliseconds, so the
+//! journal flushes (`fdatasync`) only where a crash would otherwise lose a message or answer
+//! it twice, and never syncs a directory:
+//!
+//! - **added**: flushed before [`Spool::add`] returns, because the caller then lets the
+//!   Telegram update position move past the message.
+//! - **done**: flushed, so a late duplicate of an answered message is recognised after any
+//!   crash.
+//! - **progress**: written, not flushed. A process that crashes or is killed leaves its writes
+//!   in the kernel's page cache, so the attempt count still stops a message that crashes the
+//!   daemon from looping. Only a power cut can lose such a line: the attempt then goes
+//!   uncounted, and a part sent again carries the same `random_id`, which Telegram posts once.
+//!
+//! A voice message therefore costs two flushes and a few hundred bytes of journal. The journal
+//! is rewritten (atomically, [`crate::daemon::fsutil::write_atomic`]) with only what is still
+//! needed — pending jobs and the last [`DONE_REMEMBERED`] finished keys — when it has grown
+//! past [`COMPACT_BYTES`], and at start when its tail was torn by a power cut. A line that
+//! cannot be read is skipped with a log line; the lines around it still count.
 //!
 //! The spool is bounded ([`CAPACITY`] jobs, an in-memory `heapless` queue of keys): a flood of
 //! voice messages beyond that is refused with a logged reason instead of filling the SD card.
 
 use std::collections::{HashMap, HashSet, VecDeque};
-use std::fs::{self, OpenOptions};
+use std::fs::{self, File, OpenOptions};
 use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -23,7 +42,12 @@ use crate::daemon::messenger::{ChatId, MsgId};
 /// Most jobs the spool holds.
 pub const CAPACITY: usize = 1024;
 /// Finished keys remembered for deduplication.
-const DONE_REMEMBERED: usize = 4096;
+pub const DONE_REMEMBERED: usize = 4096;
+/// Journal size past which it is rewritten with only what is still needed (about a thousand
+/// voice messages; the rewrite holds at most [`CAPACITY`] jobs and [`DONE_REMEMBERED`] keys).
+pub const COMPACT_BYTES: u64 = 512 * 1024;
+/// File name of the journal inside `<state>/spool/`.
+pub const JOURNAL_FILE_NAME: &str = "journal.jsonl";
 
 /// A job's identity: the message to transcribe.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -138,13 +162,25 @@ pub enum Added {
     Done,
 }
 
-/// The spool directory and its index.
+/// One line of the journal.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+enum Record {
+    /// A new job, or a job's state after progress: the whole job, so replay needs no merging.
+    Job(Job),
+    /// A job finished (answered, given up, or its message deleted).
+    Done(Key),
+}
+
+/// The spool directory, its journal and the index rebuilt from it.
 pub struct Spool {
     dir: PathBuf,
+    journal: File,
+    /// Bytes in the journal, for [`COMPACT_BYTES`].
+    journal_len: u64,
     queue: heapless::Deque<Key, CAPACITY>,
     jobs: HashMap<Key, Job>,
-    done: HashSet<Key>,
-    done_order: VecDeque<Key>,
+    done: Remembered,
     next_seq: u64,
 }
 
@@ -157,93 +193,117 @@ impl Spool {
             source,
         };
         fs::create_dir_all(&dir).map_err(io)?;
-        let mut spool = Self {
-            dir: dir.clone(),
-            queue: heapless::Deque::new(),
-            jobs: HashMap::new(),
-            done: HashSet::new(),
-            done_order: VecDeque::new(),
-            next_seq: 0,
-        };
-        let done_text = match fs::read_to_string(spool.done_path()) {
-            Ok(t) => t,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+        let path = dir.join(JOURNAL_FILE_NAME);
+        let text = match fs::read(&path) {
+            Ok(bytes) => bytes,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
             Err(e) => return Err(io(e)),
         };
-        for line in done_text.lines() {
-            if let Some(key) = parse_done_line(line) {
-                spool.remember_done(key);
+        let mut jobs: HashMap<Key, Job> = HashMap::new();
+        let mut done = Remembered::default();
+        let mut unreadable = 0usize;
+        for line in text.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
+            match serde_json::from_slice::<Record>(line) {
+                Ok(Record::Job(job)) if !done.set.contains(&job.key) => {
+                    jobs.insert(job.key, job);
+                }
+                Ok(Record::Job(_)) => {}
+                Ok(Record::Done(key)) => {
+                    jobs.remove(&key);
+                    done.insert(key);
+                }
+                Err(_) => unreadable += 1,
             }
         }
-        let mut loaded = Vec::new();
-        for entry in fs::read_dir(&dir).map_err(io)? {
-            let path = entry.map_err(io)?.path();
-            if path.extension().is_none_or(|e| e != "job") {
-                continue;
-            }
-            match fs::read(&path)
-                .ok()
-                .and_then(|b| serde_json::from_slice::<Job>(&b).ok())
-            {
-                Some(job) if spool.done.contains(&job.key) => {
-                    // Answered, but the process stopped before removing the file.
-                    let _ = fs::remove_file(&path);
-                }
-                Some(job) => loaded.push(job),
-                None => {
-                    log::error!("{}: unreadable job file, removed", path.display());
-                    let _ = fs::remove_file(&path);
-                }
-            }
+        // A power cut can leave the last line half-written: appending after it would glue the
+        // next record to the fragment, so the journal is rewritten clean.
+        let torn = text.last().is_some_and(|&b| b != b'\n');
+        if unreadable > 0 {
+            log::error!(
+                "{}: {unreadable} unreadable line(s) skipped",
+                path.display()
+            );
         }
+        let old_files = read_old_layout(&dir, &mut jobs, &mut done).map_err(io)?;
+
+        let mut loaded: Vec<Job> = jobs.into_values().collect();
         loaded.sort_by_key(|j| j.seq);
+        let mut queue = heapless::Deque::new();
+        let mut kept = HashMap::new();
+        let mut next_seq = 0;
         for job in loaded {
-            spool.next_seq = spool.next_seq.max(job.seq + 1);
-            if spool.queue.push_back(job.key).is_err() {
+            next_seq = u64::max(next_seq, job.seq + 1);
+            if queue.push_back(job.key).is_err() {
                 log::error!("job {} is beyond the spool's capacity; dropped", job.key);
                 continue;
             }
-            spool.jobs.insert(job.key, job);
+            kept.insert(job.key, job);
         }
-        if done_text.lines().count() > 2 * DONE_REMEMBERED {
-            spool.compact_done().map_err(io)?;
+        let journal = open_journal(&path).map_err(io)?;
+        let mut spool = Self {
+            dir: dir.clone(),
+            journal,
+            journal_len: text.len() as u64,
+            queue,
+            jobs: kept,
+            done,
+            next_seq,
+        };
+        if torn || unreadable > 0 || !old_files.is_empty() || spool.journal_len > COMPACT_BYTES {
+            spool.compact().map_err(io)?;
+        }
+        for path in old_files {
+            fs::remove_file(&path).map_err(io)?;
         }
         Ok(spool)
     }
 
-    fn done_path(&self) -> PathBuf {
-        self.dir.join("done.log")
-    }
-
-    fn job_path(&self, key: Key) -> PathBuf {
-        self.dir.join(format!("{}_{}.job", key.chat, key.msg))
+    fn journal_path(&self) -> PathBuf {
+        self.dir.join(JOURNAL_FILE_NAME)
     }
 
     fn io_err(&self, source: std::io::Error) -> SpoolError {
         SpoolError::Io {
-            path: self.dir.clone(),
+            path: self.journal_path(),
             source,
         }
     }
 
-    fn remember_done(&mut self, key: Key) {
-        if self.done.insert(key) {
-            self.done_order.push_back(key);
-            if self.done_order.len() > DONE_REMEMBERED {
-                if let Some(old) = self.done_order.pop_front() {
-                    self.done.remove(&old);
+    /// Appends one record; with `flush`, it is on the disk when this returns.
+    fn append(&mut self, record: &Record, flush: bool) -> Result<(), SpoolError> {
+        let mut line = serde_json::to_vec(record).expect("spool records serialize");
+        line.push(b'\n');
+        self.journal
+            .write_all(&line)
+            .and_then(|_| {
+                if flush {
+                    self.journal.sync_data()
+                } else {
+                    Ok(())
                 }
-            }
-        }
+            })
+            .map_err(|e| self.io_err(e))?;
+        self.journal_len += line.len() as u64;
+        Ok(())
     }
 
-    fn compact_done(&self) -> std::io::Result<()> {
-        let text: String = self
-            .done_order
-            .iter()
-            .map(|k| format!("{} {}\n", k.chat, k.msg))
-            .collect();
-        write_atomic(&self.done_path(), text.as_bytes(), 0o600)
+    /// Rewrites the journal with the pending jobs and the remembered finished keys only.
+    fn compact(&mut self) -> std::io::Result<()> {
+        let mut text = Vec::new();
+        for key in &self.done.order {
+            serde_json::to_writer(&mut text, &Record::Done(*key)).expect("serializes");
+            text.push(b'\n');
+        }
+        for key in &self.queue {
+            serde_json::to_writer(&mut text, &Record::Job(self.jobs[key].clone()))
+                .expect("serializes");
+            text.push(b'\n');
+        }
+        let path = self.journal_path();
+        write_atomic(&path, &text, 0o600)?;
+        self.journal = open_journal(&path)?;
+        self.journal_len = text.len() as u64;
+        Ok(())
     }
 
     /// Queues a job for `key` unless it is waiting or done. The job is on disk when this
@@ -254,7 +314,7 @@ impl Spool {
         origin: Origin,
         placeholder: Option<MsgId>,
     ) -> Result<Added, SpoolError> {
-        if self.done.contains(&key) {
+        if self.done.set.contains(&key) {
             return Ok(Added::Done);
         }
         if self.jobs.contains_key(&key) {
@@ -273,23 +333,19 @@ impl Spool {
             last_error: None,
             random_id: Some(fresh_random_id()),
         };
-        self.write(&job)?;
+        self.append(&Record::Job(job.clone()), true)?;
         self.next_seq += 1;
         self.queue.push_back(key).map_err(|_| SpoolError::Full)?;
         self.jobs.insert(key, job);
         Ok(Added::New)
     }
 
-    /// Saves a changed job (attempts, placeholder, parts sent).
+    /// Records a changed job (attempts, placeholder, parts sent). Written but not flushed: it
+    /// survives the process dying, not a power cut (see the module's documentation).
     pub fn update(&mut self, job: &Job) -> Result<(), SpoolError> {
-        self.write(job)?;
+        self.append(&Record::Job(job.clone()), false)?;
         self.jobs.insert(job.key, job.clone());
         Ok(())
-    }
-
-    fn write(&self, job: &Job) -> Result<(), SpoolError> {
-        let bytes = serde_json::to_vec(job).expect("job serializes");
-        write_atomic(&self.job_path(job.key), &bytes, 0o600).map_err(|e| self.io_err(e))
     }
 
     /// The job at the front of the queue, if any.
@@ -305,24 +361,10 @@ impl Spool {
         }
     }
 
-    /// Marks a job finished: its key goes to `done.log` (fsync'd) before its file is removed,
-    /// so a crash in between leaves a job that is recognised as done on the next start.
+    /// Marks a job finished; the record is on disk when this returns.
     pub fn complete(&mut self, key: Key) -> Result<(), SpoolError> {
-        let mut log = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.done_path())
-            .map_err(|e| self.io_err(e))?;
-        log.write_all(format!("{} {}\n", key.chat, key.msg).as_bytes())
-            .and_then(|_| log.sync_data())
-            .map_err(|e| self.io_err(e))?;
-        self.remember_done(key);
-        match fs::remove_file(self.job_path(key)) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(self.io_err(e)),
-        }
-        sync_dir(&self.dir).map_err(|e| self.io_err(e))?;
+        self.append(&Record::Done(key), true)?;
+        self.done.insert(key);
         self.jobs.remove(&key);
         if let Some(pos) = self.queue.iter().position(|k| *k == key) {
             let mut rest = heapless::Deque::<Key, CAPACITY>::new();
@@ -332,6 +374,9 @@ impl Spool {
                 }
             }
             self.queue = rest;
+        }
+        if self.journal_len > COMPACT_BYTES {
+            self.compact().map_err(|e| self.io_err(e))?;
         }
         Ok(())
     }
@@ -348,16 +393,93 @@ impl Spool {
 
     /// True when `key` was answered (as far as the spool remembers).
     pub fn is_done(&self, key: Key) -> bool {
-        self.done.contains(&key)
+        self.done.set.contains(&key)
     }
 }
 
-fn parse_done_line(line: &str) -> Option<Key> {
-    let (chat, msg) = line.trim().split_once(' ')?;
-    Some(Key {
-        chat: chat.parse().ok()?,
-        msg: msg.parse().ok()?,
-    })
+/// Finished keys in the order they finished, the oldest forgotten past [`DONE_REMEMBERED`].
+#[derive(Default)]
+struct Remembered {
+    set: HashSet<Key>,
+    order: VecDeque<Key>,
+}
+
+impl Remembered {
+    fn insert(&mut self, key: Key) {
+        if self.set.insert(key) {
+            self.order.push_back(key);
+            if self.order.len() > DONE_REMEMBERED {
+                if let Some(old) = self.order.pop_front() {
+                    self.set.remove(&old);
+                }
+            }
+        }
+    }
+}
+
+/// The journal, opened for appending (created with mode 0600, its directory entry flushed).
+fn open_journal(path: &Path) -> std::io::Result<File> {
+    let existed = path.exists();
+    let file = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o600)
+        .open(path)?;
+    if !existed {
+        file.sync_all()?;
+        sync_dir(path.parent().unwrap_or(Path::new(".")))?;
+    }
+    Ok(file)
+}
+
+/// Folds in a spool written by earlier versions — a JSON file per job and a `done.log` of
+/// finished keys — and returns those files, for the caller to remove once the journal
+/// holding their contents is written (a crash before that leaves them to be read again).
+fn read_old_layout(
+    dir: &Path,
+    jobs: &mut HashMap<Key, Job>,
+    done: &mut Remembered,
+) -> std::io::Result<Vec<PathBuf>> {
+    let done_log = dir.join("done.log");
+    let mut found = false;
+    match fs::read_to_string(&done_log) {
+        Ok(text) => {
+            found = true;
+            for line in text.lines() {
+                let key = line.trim().split_once(' ').and_then(|(chat, msg)| {
+                    Some(Key {
+                        chat: chat.parse().ok()?,
+                        msg: msg.parse().ok()?,
+                    })
+                });
+                if let Some(key) = key {
+                    jobs.remove(&key);
+                    done.insert(key);
+                }
+            }
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
+    }
+    let mut old = Vec::new();
+    for entry in fs::read_dir(dir)? {
+        let path = entry?.path();
+        if path.extension().is_some_and(|e| e == "job") {
+            if let Some(job) = fs::read(&path)
+                .ok()
+                .and_then(|b| serde_json::from_slice::<Job>(&b).ok())
+            {
+                if !done.set.contains(&job.key) {
+                    jobs.entry(job.key).or_insert(job);
+                }
+            }
+            old.push(path);
+        }
+    }
+    if found {
+        old.push(done_log);
+    }
+    Ok(old)
 }
 
 #[cfg(test)]
@@ -414,20 +536,112 @@ mod tests {
     }
 
     #[test]
-    fn a_job_file_left_after_completion_is_not_redone() {
+    fn a_torn_last_line_is_skipped_and_the_journal_rewritten_clean() {
         let dir = tempfile::tempdir().unwrap();
         let mut s = Spool::open(dir.path()).unwrap();
         s.add(key(3, 3), Origin::Auto, None).unwrap();
-        let saved = fs::read(s.job_path(key(3, 3))).unwrap();
-        s.complete(key(3, 3)).unwrap();
-        // As if the process died between the done.log append and the removal.
-        fs::write(s.job_path(key(3, 3)), saved).unwrap();
+        s.add(key(3, 4), Origin::Auto, None).unwrap();
+        drop(s);
+        // As a power cut can leave it: half of a record that completes 3/4.
+        let path = dir.path().join("spool").join(JOURNAL_FILE_NAME);
+        let mut f = OpenOptions::new().append(true).open(&path).unwrap();
+        f.write_all(br#"{"done":{"chat":3,"#).unwrap();
+        drop(f);
+        let mut s = Spool::open(dir.path()).unwrap();
+        assert_eq!(s.len(), 2, "the torn record did not count");
+        s.complete(key(3, 4)).unwrap();
+        drop(s);
         let s = Spool::open(dir.path()).unwrap();
-        assert!(s.is_empty());
+        assert_eq!(s.len(), 1, "the record after the fragment was read");
+        assert!(s.is_done(key(3, 4)));
+        assert!(fs::read(&path).unwrap().ends_with(b"\n"));
     }
 
     #[test]
-    fn capacity_is_enforced_and_corrupt_files_are_dropped() {
+    fn a_spool_of_the_old_layout_is_folded_in_and_its_files_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = dir.path().join("spool");
+        fs::create_dir_all(&spool).unwrap();
+        let job = |msg, seq| Job {
+            key: key(5, msg),
+            origin: Origin::Command,
+            placeholder: Some(77),
+            parts_sent: 0,
+            attempts: 1,
+            seq,
+            last_error: None,
+            random_id: Some(42),
+        };
+        for (msg, seq) in [(1, 0), (2, 1)] {
+            let path = spool.join(format!("5_{msg}.job"));
+            fs::write(path, serde_json::to_vec(&job(msg, seq)).unwrap()).unwrap();
+        }
+        fs::write(spool.join("done.log"), "5 1\n5 9\n").unwrap();
+        let s = Spool::open(dir.path()).unwrap();
+        assert_eq!(s.len(), 1);
+        assert_eq!(s.front().unwrap(), &job(2, 1));
+        assert!(s.is_done(key(5, 1)) && s.is_done(key(5, 9)));
+        drop(s);
+        let left: Vec<_> = fs::read_dir(&spool)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        assert_eq!(left, [JOURNAL_FILE_NAME]);
+        let s = Spool::open(dir.path()).unwrap();
+        assert_eq!(s.front().unwrap(), &job(2, 1));
+        assert!(s.is_done(key(5, 9)));
+    }
+
+    #[test]
+    fn a_long_journal_is_compacted_to_what_is_still_needed() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = Spool::open(dir.path()).unwrap();
+        let path = dir.path().join("spool").join(JOURNAL_FILE_NAME);
+        s.add(key(1, 0), Origin::Auto, None).unwrap();
+        let mut grew = 0;
+        let mut msg = 1;
+        // Until a compaction shrinks it, with one job pending throughout.
+        loop {
+            s.add(key(2, msg), Origin::Auto, None).unwrap();
+            let mut j = s.jobs[&key(2, msg)].clone();
+            j.attempts = 1;
+            s.update(&j).unwrap();
+            s.complete(key(2, msg)).unwrap();
+            let len = fs::metadata(&path).unwrap().len();
+            if len < grew {
+                break;
+            }
+            grew = len;
+            msg += 1;
+        }
+        // The last length seen before the rewrite was within one round of the limit.
+        assert!(
+            grew > COMPACT_BYTES - 4096,
+            "rewritten early, at {grew} bytes"
+        );
+        // One line per finished key and one for the pending job: no progress records.
+        let text = fs::read_to_string(&path).unwrap();
+        assert_eq!(text.lines().count(), msg as usize + 1, "{}", &text[..200]);
+        drop(s);
+        let s = Spool::open(dir.path()).unwrap();
+        assert_eq!(s.len(), 1);
+        assert_eq!(s.front().unwrap().key, key(1, 0));
+        assert!((1..=msg).all(|m| s.is_done(key(2, m))));
+    }
+
+    #[test]
+    fn finished_keys_are_forgotten_past_the_limit() {
+        let mut done = Remembered::default();
+        for m in 0..=DONE_REMEMBERED as MsgId {
+            done.insert(key(1, m));
+        }
+        assert!(!done.set.contains(&key(1, 0)));
+        assert!(done.set.contains(&key(1, 1)));
+        assert_eq!(done.order.len(), DONE_REMEMBERED);
+    }
+
+    #[test]
+    fn capacity_is_enforced_and_unreadable_lines_are_skipped() {
         let dir = tempfile::tempdir().unwrap();
         let mut s = Spool::open(dir.path()).unwrap();
         for m in 0..CAPACITY as MsgId {
@@ -437,7 +651,11 @@ mod tests {
             s.add(key(2, 0), Origin::Auto, None),
             Err(SpoolError::Full)
         ));
-        fs::write(dir.path().join("spool/7_7.job"), b"garbage").unwrap();
+        drop(s);
+        let path = dir.path().join("spool").join(JOURNAL_FILE_NAME);
+        let mut f = OpenOptions::new().append(true).open(&path).unwrap();
+        f.write_all(b"garbage\n").unwrap();
+        drop(f);
         let s = Spool::open(dir.path()).unwrap();
         assert_eq!(s.len(), CAPACITY);
     }

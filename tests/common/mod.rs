@@ -55,3 +55,34 @@ pub fn read_tsv(path: &Path) -> Vec<std::collections::HashMap<String, String>> {
 pub fn bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_voice-transcriber"))
 }
+
+/// What the daemon's spool journal (`<state>/spool/journal.jsonl`) holds, replayed: the jobs
+/// still waiting and the keys recorded as finished, each as (chat, message).
+#[derive(Debug, Default)]
+pub struct SpoolOnDisk {
+    pub pending: Vec<(i64, i64)>,
+    pub done: Vec<(i64, i64)>,
+}
+
+/// Reads the spool of the state directory `state` as the daemon would on start.
+pub fn spool_on_disk(state: &Path) -> SpoolOnDisk {
+    let text = std::fs::read_to_string(state.join("spool/journal.jsonl")).unwrap_or_default();
+    let key = |v: &serde_json::Value| (v["chat"].as_i64().unwrap(), v["msg"].as_i64().unwrap());
+    let mut out = SpoolOnDisk::default();
+    for line in text.lines() {
+        let Ok(record) = serde_json::from_str::<serde_json::Value>(line) else {
+            continue;
+        };
+        if let Some(job) = record.get("job") {
+            let k = key(&job["key"]);
+            if !out.done.contains(&k) && !out.pending.contains(&k) {
+                out.pending.push(k);
+            }
+        } else if let Some(k) = record.get("done") {
+            let k = key(k);
+            out.pending.retain(|p| *p != k);
+            out.done.push(k);
+        }
+    }
+    out
+}
