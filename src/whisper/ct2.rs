@@ -12,13 +12,16 @@
 //!
 //! where `str` is a u16 length (counting a trailing NUL) followed by the bytes. dtype is
 //! 0 f32, 1 i8, 2 i16, 3 i32, 4 f16, 5 bf16. Only the index is parsed here; bytes stay in the
-//! memory map until a tensor is asked for, so loading does not hold two copies of the weights.
+//! memory map until a tensor is asked for. Loading does not hold two copies of the weights: a
+//! tensor keeps the dtype it is stored in (f16 for every faster-whisper download), and once its
+//! bytes are copied out their pages are dropped from the map (`MADV_DONTNEED`), since a page of
+//! a mapped file counts in the resident set as much as a page of heap.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device, Tensor};
-use memmap2::Mmap;
+use memmap2::{Mmap, UncheckedAdvice};
 
 /// Why a `model.bin` could not be read.
 #[derive(Debug, thiserror::Error)]
@@ -214,9 +217,23 @@ impl Ct2Model {
         self.vars.get(name).map(|e| e.shape.as_slice())
     }
 
-    /// Loads variable `name` as an f32 tensor. int8 weights are dequantized with their
-    /// per-row `<name>_scale` (CTranslate2 stores `w_int8 = round(w * scale)`).
+    /// Loads variable `name`: f32 and f16 as stored, bf16 widened to f32, int8 dequantized to
+    /// f32 with its per-row `<name>_scale` (CTranslate2 stores `w_int8 = round(w * scale)`).
     pub fn tensor(&self, name: &str) -> Result<Tensor, Ct2Error> {
+        let t = self.read(name)?;
+        if let Some(e) = self.vars.get(name) {
+            // SAFETY: the map is read-only and private, and nothing borrows these bytes any more
+            // (the tensor holds its own copy): dropping the pages only makes a later read fetch
+            // them again from the file, with the same contents.
+            let _ = unsafe {
+                self.map
+                    .unchecked_advise_range(UncheckedAdvice::DontNeed, e.start, e.end - e.start)
+            };
+        }
+        Ok(t)
+    }
+
+    fn read(&self, name: &str) -> Result<Tensor, Ct2Error> {
         let e = self.vars.get(name).ok_or_else(|| Ct2Error::Variable {
             path: self.path.clone(),
             name: name.to_string(),
@@ -235,7 +252,7 @@ impl Ct2Model {
             5 => Tensor::from_raw_buffer(bytes, DType::BF16, &e.shape, &dev),
             1 => {
                 let scale_name = format!("{name}_scale");
-                let scale = self.tensor(&scale_name)?;
+                let scale = self.read(&scale_name)?.to_dtype(DType::F32).map_err(wrap)?;
                 let vals: Vec<f32> = bytes.iter().map(|&b| b as i8 as f32).collect();
                 let rows = e.shape.first().copied().unwrap_or(1);
                 Tensor::from_vec(vals, e.shape.as_slice(), &dev).and_then(|w| {
@@ -261,7 +278,10 @@ impl Ct2Model {
             }
         }
         .map_err(wrap)?;
-        t.to_dtype(DType::F32).map_err(wrap)
+        match t.dtype() {
+            DType::BF16 => t.to_dtype(DType::F32).map_err(wrap),
+            _ => Ok(t),
+        }
     }
 }
 
@@ -326,8 +346,11 @@ mod tests {
             m.tensor("a/weight").unwrap().to_vec2::<f32>().unwrap(),
             vec![vec![1.0, -2.0], vec![3.5, 0.25]]
         );
+        // f16 stays f16: widening is the network's business, not the loader's.
+        let b = m.tensor("b/bias").unwrap();
+        assert_eq!(b.dtype(), DType::F16);
         assert_eq!(
-            m.tensor("b/bias").unwrap().to_vec1::<f32>().unwrap(),
+            b.to_dtype(DType::F32).unwrap().to_vec1::<f32>().unwrap(),
             vec![0.5, 4.0]
         );
         assert_eq!(
