@@ -734,7 +734,7 @@ pub(crate) mod tests {
         // convolutions and positions are widened to f32, which the arithmetic uses.
         let is_matrix = |name: &str| {
             name.contains("_proj.weight")
-                || name.contains(".fc") && name.ends_with(".weight")
+                || (name.contains(".fc") && name.ends_with(".weight"))
                 || name.ends_with("embed_tokens.weight")
         };
         let expected: usize = half
