@@ -4,7 +4,8 @@
 # directory standing in for Telegram (`run --local-chat`), so no account is needed.
 #
 #   benches/daemon-memory.sh [MODEL] [CLIP]
-#   (defaults: tiny.en, tests/data/audio_jfk_ask_not.ogg; models from models/cache/)
+#   (defaults: tiny.en, tests/data/audio_jfk_ask_not.ogg; models from $VOICE_TRANSCRIBER_MODELS,
+#   else models/cache/)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 model=${1:-tiny.en}
@@ -17,7 +18,7 @@ mkdir -p "$work/chat/inbox" "$work/chat/media"
 cat > "$work/config.toml" <<TOML
 model = "$model"
 threads = 2
-models_dir = "$PWD/models/cache"
+models_dir = "${VOICE_TRANSCRIBER_MODELS:-$PWD/models/cache}"
 state_dir = "$work/state"
 TOML
 "$bin" run --config "$work/config.toml" --local-chat "$work/chat" 2> "$work/log" &

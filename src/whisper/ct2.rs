@@ -12,13 +12,18 @@
 //!
 //! where `str` is a u16 length (counting a trailing NUL) followed by the bytes. dtype is
 //! 0 f32, 1 i8, 2 i16, 3 i32, 4 f16, 5 bf16. Only the index is parsed here; bytes stay in the
-//! memory map until a tensor is asked for, so loading does not hold two copies of the weights.
+//! memory map until a tensor is asked for. Loading does not hold two copies of the weights: a
+//! tensor keeps the dtype it is stored in (f16 for every faster-whisper download), and its bytes
+//! are copied out a megabyte at a time, each run's pages dropped from the map (`MADV_DONTNEED`)
+//! once copied — a page of a mapped file counts in the resident set as much as a page of heap,
+//! and the token embedding alone is 40–53 MB.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device, Tensor};
-use memmap2::Mmap;
+use half::{bf16, f16};
+use memmap2::{Mmap, UncheckedAdvice};
 
 /// Why a `model.bin` could not be read.
 #[derive(Debug, thiserror::Error)]
@@ -66,6 +71,10 @@ pub struct Ct2Model {
     vars: HashMap<String, Entry>,
     map: Mmap,
 }
+
+/// Bytes of the map copied out before their pages are dropped: at most this much of the file is
+/// resident at a time, whatever the size of the tensor.
+const RESIDENT_RUN: usize = 1 << 20;
 
 /// The format versions this reader understands (the layout above has not changed since 5).
 const SUPPORTED_VERSIONS: std::ops::RangeInclusive<u32> = 5..=6;
@@ -214,29 +223,45 @@ impl Ct2Model {
         self.vars.get(name).map(|e| e.shape.as_slice())
     }
 
-    /// Loads variable `name` as an f32 tensor. int8 weights are dequantized with their
-    /// per-row `<name>_scale` (CTranslate2 stores `w_int8 = round(w * scale)`).
+    /// Loads variable `name`: f32 and f16 as stored, bf16 widened to f32, int8 dequantized to
+    /// f32 with its per-row `<name>_scale` (CTranslate2 stores `w_int8 = round(w * scale)`).
     pub fn tensor(&self, name: &str) -> Result<Tensor, Ct2Error> {
         let e = self.vars.get(name).ok_or_else(|| Ct2Error::Variable {
             path: self.path.clone(),
             name: name.to_string(),
             reason: "missing".into(),
         })?;
-        let bytes = &self.map[e.start..e.end];
         let wrap = |e: candle_core::Error| Ct2Error::Tensor {
             path: self.path.clone(),
             name: name.to_string(),
             reason: e.to_string(),
         };
         let dev = Device::Cpu;
+        let shape = e.shape.as_slice();
         let t = match e.dtype {
-            0 => Tensor::from_raw_buffer(bytes, DType::F32, &e.shape, &dev),
-            4 => Tensor::from_raw_buffer(bytes, DType::F16, &e.shape, &dev),
-            5 => Tensor::from_raw_buffer(bytes, DType::BF16, &e.shape, &dev),
+            0 => Tensor::from_vec(
+                self.elements(e, 4, |b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])),
+                shape,
+                &dev,
+            ),
+            4 => Tensor::from_vec(
+                self.elements(e, 2, |b| f16::from_le_bytes([b[0], b[1]])),
+                shape,
+                &dev,
+            ),
+            // No kernel computes in bf16: widened here.
+            5 => Tensor::from_vec(
+                self.elements(e, 2, |b| bf16::from_le_bytes([b[0], b[1]]).to_f32()),
+                shape,
+                &dev,
+            ),
             1 => {
                 let scale_name = format!("{name}_scale");
-                let scale = self.tensor(&scale_name)?;
-                let vals: Vec<f32> = bytes.iter().map(|&b| b as i8 as f32).collect();
+                let scale = self
+                    .tensor(&scale_name)?
+                    .to_dtype(DType::F32)
+                    .map_err(wrap)?;
+                let vals = self.elements(e, 1, |b| b[0] as i8 as f32);
                 let rows = e.shape.first().copied().unwrap_or(1);
                 Tensor::from_vec(vals, e.shape.as_slice(), &dev).and_then(|w| {
                     let s = scale.reshape((rows, 1))?;
@@ -245,13 +270,13 @@ impl Ct2Model {
                         .reshape(e.shape.as_slice())
                 })
             }
-            3 => {
-                let vals: Vec<i64> = bytes
-                    .chunks_exact(4)
-                    .map(|b| i32::from_le_bytes([b[0], b[1], b[2], b[3]]) as i64)
-                    .collect();
-                Tensor::from_vec(vals, e.shape.as_slice(), &dev)
-            }
+            3 => Tensor::from_vec(
+                self.elements(e, 4, |b| {
+                    i32::from_le_bytes([b[0], b[1], b[2], b[3]]) as i64
+                }),
+                shape,
+                &dev,
+            ),
             d => {
                 return Err(Ct2Error::Variable {
                     path: self.path.clone(),
@@ -261,7 +286,27 @@ impl Ct2Model {
             }
         }
         .map_err(wrap)?;
-        t.to_dtype(DType::F32).map_err(wrap)
+        Ok(t)
+    }
+
+    /// Decodes the `width`-byte elements of `e` with `decode`, [`RESIDENT_RUN`] bytes at a time,
+    /// dropping each run's pages from the map once decoded.
+    fn elements<T>(&self, e: &Entry, width: usize, decode: impl Fn(&[u8]) -> T) -> Vec<T> {
+        let mut out = Vec::with_capacity((e.end - e.start) / width);
+        let mut at = e.start;
+        while at < e.end {
+            let end = (at + RESIDENT_RUN).min(e.end);
+            out.extend(self.map[at..end].chunks_exact(width).map(&decode));
+            // SAFETY: the map is read-only and private, and nothing borrows these bytes any more
+            // (they were copied out above): dropping the pages only makes a later read fetch them
+            // again from the file, with the same contents.
+            let _ = unsafe {
+                self.map
+                    .unchecked_advise_range(UncheckedAdvice::DontNeed, at, end - at)
+            };
+            at = end;
+        }
+        out
     }
 }
 
@@ -326,8 +371,11 @@ mod tests {
             m.tensor("a/weight").unwrap().to_vec2::<f32>().unwrap(),
             vec![vec![1.0, -2.0], vec![3.5, 0.25]]
         );
+        // f16 stays f16: widening is the network's business, not the loader's.
+        let b = m.tensor("b/bias").unwrap();
+        assert_eq!(b.dtype(), DType::F16);
         assert_eq!(
-            m.tensor("b/bias").unwrap().to_vec1::<f32>().unwrap(),
+            b.to_dtype(DType::F32).unwrap().to_vec1::<f32>().unwrap(),
             vec![0.5, 4.0]
         );
         assert_eq!(

@@ -525,7 +525,13 @@ impl Transcriber {
             // window is clamped to the recording's frames either way.
             let audio = match first_window.take() {
                 Some(a) if seek == 0 => a,
-                _ => self.encode(mel.window(seek, segment_size))?,
+                _ => {
+                    // The previous window's cross-attention keys and values are dead: freed
+                    // before the encoder allocates its activations, so that two windows never
+                    // add up in the peak.
+                    self.model.decoder.release();
+                    self.encode(mel.window(seek, segment_size))?
+                }
             };
             self.model.decoder.set_audio(&audio)?;
 

@@ -10,8 +10,10 @@
 //! audio window by [`Decoder::set_audio`]. Without that, every generated token would re-run the
 //! whole prefix and re-project the 1500 encoder frames in every layer.
 //!
-//! Every linear layer is a [`QMatMul`], so the same code runs float weights and GGUF-quantized
-//! ones; shapes are read from the weights ([`Dims::from_weights`]), never from a model name.
+//! Every linear layer holds its matrix as stored — f32, f16 or GGUF-quantized — and widens it
+//! for the product where needed, so a model in memory is no larger than its file; shapes are
+//! read from the weights ([`Dims::from_weights`]), never from a model name. Activations, norms,
+//! biases, convolutions and positions are f32.
 
 use candle_core::quantized::{GgmlDType, QMatMul};
 use candle_core::{DType, Module, Result, Tensor, D};
@@ -77,19 +79,25 @@ impl Dims {
 
 /// Model-side views of [`Weights`]: how each layer type is assembled from named tensors.
 impl Weights {
-    fn matmul(&self, name: &str) -> Result<QMatMul> {
-        if let Some(q) = self.qtensors.get(name) {
-            return Ok(QMatMul::QTensor(q.clone()));
-        }
-        Ok(QMatMul::Tensor(self.get(name)?))
-    }
-
+    /// A linear layer whose products run over many rows (the encoder's 1500 frames, the
+    /// cross-attention keys and values): an f16 matrix is widened to f32 for each product.
     fn linear(&self, prefix: &str) -> Result<Linear> {
+        let name = format!("{prefix}.weight");
+        let weight = match self.qtensors.get(&name) {
+            Some(q) => Matrix::Candle(QMatMul::QTensor(q.clone())),
+            None => {
+                let t = self.get(&name)?;
+                match t.dtype() {
+                    DType::F16 => Matrix::Widened(t),
+                    _ => Matrix::Candle(QMatMul::Tensor(t)),
+                }
+            }
+        };
         let bias_name = format!("{prefix}.bias");
         Ok(Linear {
-            weight: Matrix::Candle(self.matmul(&format!("{prefix}.weight"))?),
+            weight,
             bias: if self.contains(&bias_name) {
-                Some(self.get(&bias_name)?)
+                Some(self.get_f32(&bias_name)?)
             } else {
                 None
             },
@@ -97,22 +105,25 @@ impl Weights {
     }
 
     /// A linear layer run once per decoded token: its matrix is held in f16 when f16 holds it
-    /// exactly, since such a product is bound by how many bytes of weights it streams.
+    /// exactly (stored in f16, or f32 values that f16 represents), since such a product is
+    /// bound by how many bytes of weights it streams.
     fn streamed_linear(&self, prefix: &str) -> Result<Linear> {
         let mut l = self.linear(prefix)?;
-        let name = format!("{prefix}.weight");
-        if !self.qtensors.contains_key(&name) {
-            if let Some(h) = half_if_exact(&self.get(&name)?)? {
-                l.weight = Matrix::Half(h);
-            }
-        }
+        l.weight = match l.weight {
+            Matrix::Widened(h) => Matrix::Half(h),
+            Matrix::Candle(QMatMul::Tensor(t)) => match half_if_exact(&t)? {
+                Some(h) => Matrix::Half(h),
+                None => Matrix::Candle(QMatMul::Tensor(t)),
+            },
+            other => other,
+        };
         Ok(l)
     }
 
     fn layer_norm(&self, prefix: &str) -> Result<LayerNorm> {
         Ok(LayerNorm::new(
-            self.get(&format!("{prefix}.weight"))?,
-            self.get(&format!("{prefix}.bias"))?,
+            self.get_f32(&format!("{prefix}.weight"))?,
+            self.get_f32(&format!("{prefix}.bias"))?,
             LN_EPS,
         ))
     }
@@ -124,8 +135,8 @@ impl Weights {
             ..Default::default()
         };
         Ok(Conv1d::new(
-            self.get(&format!("{prefix}.weight"))?,
-            Some(self.get(&format!("{prefix}.bias"))?),
+            self.get_f32(&format!("{prefix}.weight"))?,
+            Some(self.get_f32(&format!("{prefix}.bias"))?),
             cfg,
         ))
     }
@@ -149,8 +160,13 @@ fn half_if_exact(t: &Tensor) -> Result<Option<Tensor>> {
 enum Matrix {
     /// f32 or GGUF-quantized, multiplied by candle.
     Candle(QMatMul),
-    /// f16, multiplied by [`kernels::project_half`].
+    /// f16, multiplied by [`kernels::project_half`] (few rows: a decoded token, a prompt).
     Half(Tensor),
+    /// f16, widened to f32 for each product and multiplied by candle: for products over
+    /// many rows widening one matrix costs little next to the product, and keeping only the f16
+    /// copy saves half of the encoder's weights. The values are those of an f32 copy, so the
+    /// results are too.
+    Widened(Tensor),
 }
 
 /// `y = x Wᵀ + b`.
@@ -164,9 +180,9 @@ impl Linear {
     fn bytes(&self) -> usize {
         let w = match &self.weight {
             Matrix::Candle(QMatMul::QTensor(q)) => q.storage_size_in_bytes(),
-            Matrix::Candle(QMatMul::Tensor(t) | QMatMul::TensorF16(t)) | Matrix::Half(t) => {
-                tensor_bytes(t)
-            }
+            Matrix::Candle(QMatMul::Tensor(t) | QMatMul::TensorF16(t))
+            | Matrix::Half(t)
+            | Matrix::Widened(t) => tensor_bytes(t),
         };
         w + self.bias.as_ref().map_or(0, tensor_bytes)
     }
@@ -192,6 +208,7 @@ impl Module for Linear {
             }
             Matrix::Candle(m) => m.forward(x)?,
             Matrix::Half(w) => kernels::project_half(&x.contiguous()?, w)?,
+            Matrix::Widened(w) => QMatMul::Tensor(w.to_dtype(DType::F32)?).forward(x)?,
         };
         match &self.bias {
             Some(b) => y.broadcast_add(b),
@@ -316,7 +333,7 @@ impl Encoder {
         Ok(Self {
             conv1: w.conv1d("model.encoder.conv1", 1)?,
             conv2: w.conv1d("model.encoder.conv2", 2)?,
-            positions: w.get("model.encoder.embed_positions.weight")?,
+            positions: w.get_f32("model.encoder.embed_positions.weight")?,
             layers,
             ln_post: w.layer_norm("model.encoder.layer_norm")?,
         })
@@ -396,7 +413,7 @@ impl Decoder {
             .collect::<Result<_>>()?;
         Ok(Self {
             embed: TokenEmbedding::load(w, "model.decoder.embed_tokens.weight")?,
-            positions: w.get("model.decoder.embed_positions.weight")?,
+            positions: w.get_f32("model.decoder.embed_positions.weight")?,
             layers,
             ln: w.layer_norm("model.decoder.layer_norm")?,
             offset: 0,
@@ -498,8 +515,8 @@ impl TokenEmbedding {
     fn load(w: &Weights, name: &str) -> Result<Self> {
         let proj = w.streamed_linear(name.trim_end_matches(".weight"))?;
         let table = match &proj.weight {
-            Matrix::Half(h) => h.clone(),
-            Matrix::Candle(_) => w.get(name)?,
+            Matrix::Half(h) | Matrix::Widened(h) => h.clone(),
+            Matrix::Candle(_) => w.get_f32(name)?,
         };
         Ok(Self { table, proj })
     }
@@ -671,6 +688,63 @@ pub(crate) mod tests {
         // cross-attention query and output 2 × 64², MLP 2 × 64 · 256 — two bytes saved each.
         let saved = 2 * (600 * 64 + 6 * 64 * 64 + 2 * 64 * 256);
         assert_eq!(float - half, saved);
+    }
+
+    /// `w` with every tensor stored in f16, as a faster-whisper `model.bin` is read.
+    fn stored_in_f16(w: &Weights) -> Weights {
+        let mut h = Weights::default();
+        for (name, t) in &w.tensors {
+            h.tensors
+                .insert(name.clone(), t.to_dtype(DType::F16).unwrap());
+        }
+        h
+    }
+
+    /// Logits of the last of three tokens after encoding a fixed spectrogram.
+    fn logits_of(w: &Weights) -> Vec<f32> {
+        let mut m = Whisper::new(w).unwrap();
+        // Deterministic, so two calls see the same input.
+        let mel = (Tensor::arange(0u32, 80 * 3000, &Device::Cpu)
+            .unwrap()
+            .to_dtype(DType::F32)
+            .unwrap()
+            * 0.37)
+            .unwrap()
+            .sin()
+            .unwrap()
+            .reshape((1, 80, 3000))
+            .unwrap();
+        let audio = m.encoder.forward(&mel).unwrap();
+        m.decoder.set_audio(&audio).unwrap();
+        let toks = Tensor::new(&[[5u32, 17, 99]], &Device::Cpu).unwrap();
+        m.decoder
+            .forward(&toks, &[2])
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap()
+    }
+
+    #[test]
+    fn f16_weights_stay_f16_and_compute_exactly_like_their_f32_values() {
+        let wide = rounded_to_f16(random_weights(600));
+        let half = stored_in_f16(&wide);
+        // Matrices (linear layers and the token embedding) stay at two bytes; norms, biases,
+        // convolutions and positions are widened to f32, which the arithmetic uses.
+        let is_matrix = |name: &str| {
+            name.contains("_proj.weight")
+                || (name.contains(".fc") && name.ends_with(".weight"))
+                || name.ends_with("embed_tokens.weight")
+        };
+        let expected: usize = half
+            .tensors
+            .iter()
+            .map(|(n, t)| t.elem_count() * if is_matrix(n) { 2 } else { 4 })
+            .sum();
+        assert_eq!(Whisper::new(&half).unwrap().bytes(), expected);
+        // The same values, so bit for bit the same logits as f32 weights holding them.
+        assert_eq!(logits_of(&half), logits_of(&wide));
     }
 
     #[test]

@@ -72,9 +72,13 @@ impl Format {
 
 /// Named tensors in Hugging Face naming, whatever file they came from. A quantized model keeps
 /// its matrices in `qtensors` and its norms, biases, convolutions and embeddings in `tensors`.
+///
+/// Float tensors keep the dtype they were stored in: a faster-whisper download is f16 and
+/// stays f16 here, so loading never holds an f32 copy of the model (twice its file). The network
+/// widens what it computes with in f32 itself ([`crate::whisper::model`]).
 #[derive(Default)]
 pub struct Weights {
-    /// Float tensors (f32) by name.
+    /// Float tensors (f32 or f16) by name.
     pub tensors: HashMap<String, Tensor>,
     /// Quantized matrices by name (GGUF models only).
     pub qtensors: HashMap<String, Arc<QTensor>>,
@@ -112,7 +116,7 @@ impl Weights {
         Err(Self::missing(name))
     }
 
-    /// `name` as a float tensor (dequantized when stored quantized).
+    /// `name` as a float tensor in its stored dtype (dequantized to f32 when stored quantized).
     pub fn get(&self, name: &str) -> candle_core::Result<Tensor> {
         if let Some(t) = self.tensors.get(name) {
             return Ok(t.clone());
@@ -121,6 +125,11 @@ impl Weights {
             return q.dequantize(&Device::Cpu);
         }
         Err(Self::missing(name))
+    }
+
+    /// `name` as an f32 tensor.
+    pub fn get_f32(&self, name: &str) -> candle_core::Result<Tensor> {
+        self.get(name)?.to_dtype(DType::F32)
     }
 
     /// Reads the weights of `dir` in `format`.
@@ -151,7 +160,11 @@ impl Weights {
             if name == "proj_out.weight" {
                 continue;
             }
-            tensors.insert(name, t.to_dtype(DType::F32).map_err(invalid)?);
+            let t = match t.dtype() {
+                DType::F32 | DType::F16 => t,
+                _ => t.to_dtype(DType::F32).map_err(invalid)?,
+            };
+            tensors.insert(name, t);
         }
         Ok(Self {
             tensors,
@@ -176,7 +189,18 @@ impl Weights {
                 .tensor(&mut file, name, &Device::Cpu)
                 .map_err(invalid)?;
             match q.dtype() {
-                GgmlDType::F32 | GgmlDType::F16 | GgmlDType::BF16 => {
+                GgmlDType::F16 => {
+                    // As stored: `dequantize_f16` would go through an f32 copy.
+                    let t = Tensor::from_raw_buffer(
+                        &q.data().map_err(invalid)?,
+                        DType::F16,
+                        q.shape().dims(),
+                        &Device::Cpu,
+                    )
+                    .map_err(invalid)?;
+                    w.tensors.insert(name.clone(), t);
+                }
+                GgmlDType::F32 | GgmlDType::BF16 => {
                     let t = q.dequantize(&Device::Cpu).map_err(invalid)?;
                     w.tensors.insert(name.clone(), t);
                 }
@@ -341,7 +365,7 @@ impl Weights {
     }
 
     /// Quantizes the linear-layer matrices to `dtype` with candle's own quantizer; norms,
-    /// biases, convolutions and embeddings stay f32. A matrix whose rows do not split into
+    /// biases, convolutions and embeddings stay in their float dtype. A matrix whose rows do not split into
     /// `dtype`'s blocks (k-quants need multiples of 256; tiny is 384 wide) falls back to q8_0
     /// (blocks of 32), and the names of those fallbacks are returned.
     pub fn quantize(&self, dtype: GgmlDType) -> candle_core::Result<(Self, Vec<String>)> {
@@ -371,7 +395,7 @@ impl Weights {
         Ok((out, fallbacks))
     }
 
-    /// Writes all weights to a GGUF file (float tensors as f32 entries).
+    /// Writes all weights to a GGUF file (float tensors as f32 or f16 entries, as held).
     pub fn save_gguf(&self, path: &Path) -> Result<(), WeightsError> {
         let invalid = |e: candle_core::Error| WeightsError::Invalid {
             path: path.to_path_buf(),
@@ -379,10 +403,11 @@ impl Weights {
         };
         let mut floats = Vec::with_capacity(self.tensors.len());
         for (name, t) in &self.tensors {
-            floats.push((
-                name.as_str(),
-                QTensor::quantize(t, GgmlDType::F32).map_err(invalid)?,
-            ));
+            let dtype = match t.dtype() {
+                DType::F16 => GgmlDType::F16,
+                _ => GgmlDType::F32,
+            };
+            floats.push((name.as_str(), QTensor::quantize(t, dtype).map_err(invalid)?));
         }
         let mut all: Vec<(&str, &QTensor)> = floats.iter().map(|(n, q)| (*n, q)).collect();
         all.extend(self.qtensors.iter().map(|(n, q)| (n.as_str(), q.as_ref())));
