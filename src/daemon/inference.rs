@@ -7,7 +7,7 @@
 //! blocking. Switching models happens here too: the new model loads while the old one is
 //! still in place, and replaces it only if loading worked.
 
-use std::path::PathBuf;
+use super::download::Audio;
 use std::sync::mpsc as std_mpsc;
 use std::time::Instant;
 
@@ -50,7 +50,7 @@ pub enum InferenceError {
 
 enum Request {
     Transcribe {
-        audio: PathBuf,
+        audio: Audio,
         opts: Options,
         progress: mpsc::UnboundedSender<(f64, String)>,
         done: oneshot::Sender<Result<Outcome, String>>,
@@ -90,11 +90,11 @@ impl Inference {
         Ok((Self { tx, threads }, info))
     }
 
-    /// Decodes and transcribes the file at `audio`; each finished segment's end time and text
-    /// are sent to `progress` as they come.
+    /// Decodes and transcribes `audio` (bytes in memory or a file); each finished segment's
+    /// end time and text are sent to `progress` as they come.
     pub async fn transcribe(
         &self,
-        audio: PathBuf,
+        audio: Audio,
         opts: Options,
         progress: mpsc::UnboundedSender<(f64, String)>,
     ) -> Result<Outcome, String> {
@@ -182,22 +182,24 @@ fn handle(engine: &mut Engine, catalog: &Catalog, threads: &ThreadConfig, reques
             done,
         } => {
             let start = Instant::now();
-            let result = crate::whisper::audio::decode_file(&audio)
-                .map_err(|e| e.to_string())
-                .and_then(|samples| {
-                    let audio_s = samples.len() as f64 / crate::whisper::audio::SAMPLE_RATE as f64;
-                    engine
-                        .transcribe(&samples, &opts, |s| {
-                            let _ = progress.send((s.end, s.text.trim().to_string()));
-                        })
-                        .map(|t| Outcome {
-                            text: t.transcript.text(),
-                            language: t.transcript.language,
-                            audio_s,
-                            elapsed_s: start.elapsed().as_secs_f64(),
-                        })
-                        .map_err(|e| e.to_string())
-                });
+            let decoded = match audio {
+                Audio::Bytes(bytes) => crate::whisper::audio::decode_bytes(bytes, None),
+                Audio::File(path) => crate::whisper::audio::decode_file(&path),
+            };
+            let result = decoded.map_err(|e| e.to_string()).and_then(|samples| {
+                let audio_s = samples.len() as f64 / crate::whisper::audio::SAMPLE_RATE as f64;
+                engine
+                    .transcribe(&samples, &opts, |s| {
+                        let _ = progress.send((s.end, s.text.trim().to_string()));
+                    })
+                    .map(|t| Outcome {
+                        text: t.transcript.text(),
+                        language: t.transcript.language,
+                        audio_s,
+                        elapsed_s: start.elapsed().as_secs_f64(),
+                    })
+                    .map_err(|e| e.to_string())
+            });
             let _ = done.send(result);
         }
         Request::Load { name, done } => {

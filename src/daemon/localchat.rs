@@ -25,6 +25,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use crate::daemon::download::Download;
 use crate::daemon::messenger::{
     ChatId, Connection, Incoming, Messenger, MessengerError, MsgId, UserId,
 };
@@ -197,11 +198,20 @@ impl Messenger for LocalChat {
         }
     }
 
-    async fn download(&self, chat: ChatId, id: MsgId, dest: &Path) -> Result<u64, MessengerError> {
+    async fn download(
+        &self,
+        chat: ChatId,
+        id: MsgId,
+        into: &mut Download,
+    ) -> Result<u64, MessengerError> {
         self.reachable()?;
         let src = self.path("media").join(format!("{chat}_{id}"));
-        match fs::copy(&src, dest) {
-            Ok(n) => Ok(n),
+        match fs::read(&src) {
+            Ok(bytes) => {
+                into.truncate(0).map_err(io)?;
+                into.append(&bytes).map_err(io)?;
+                Ok(into.len())
+            }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(MessengerError::NotFound),
             Err(e) => Err(io(e)),
         }

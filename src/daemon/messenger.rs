@@ -11,8 +11,9 @@
 //! negative, channels and supergroups `-100…`), a message by its id within that chat. Both are
 //! plain integers so that a job in the on-disk spool can name its message across restarts.
 
-use std::path::Path;
 use std::time::Duration;
+
+use super::download::Download;
 
 /// A chat, by Telegram dialog id.
 pub type ChatId = i64;
@@ -170,8 +171,15 @@ pub trait Messenger {
     /// restart). `Ok(None)` when it was deleted.
     async fn fetch(&self, chat: ChatId, id: MsgId) -> Result<Option<Incoming>, MessengerError>;
 
-    /// Downloads the media of message `id` into the file `dest`; returns the bytes written.
-    async fn download(&self, chat: ChatId, id: MsgId, dest: &Path) -> Result<u64, MessengerError>;
+    /// Downloads the media of message `id` into `into`, going on from the bytes it already
+    /// holds (an earlier try's); returns the file's size. On an error `into` keeps what
+    /// arrived, so the next call asks only for the rest.
+    async fn download(
+        &self,
+        chat: ChatId,
+        id: MsgId,
+        into: &mut Download,
+    ) -> Result<u64, MessengerError>;
 
     /// Looks up a public username (without `@`); returns the user's id and display name.
     async fn resolve_username(

@@ -21,7 +21,8 @@
 //!   systemd restarts the service.
 //!
 //! Around them: [`state`] (what the owner changed at runtime: tracked people, model,
-//! language), [`config`] (the file the owner writes once), [`shutdown`] (the stop signal passed
+//! language), [`config`] (the file the owner writes once), [`download`] (where a message's
+//! audio is kept: memory, else the temporary directory), [`shutdown`] (the stop signal passed
 //! down to every loop), [`messenger`] (the narrow interface to Telegram, implemented by
 //! [`crate::telegram`] and by the [`localchat`] stand-in), [`fsutil`] (crash-safe writes).
 //!
@@ -30,6 +31,7 @@
 
 pub mod commands;
 pub mod config;
+pub mod download;
 pub mod fsutil;
 pub mod heartbeat;
 pub mod inference;
@@ -103,8 +105,12 @@ pub struct Daemon {
     state_path: PathBuf,
     /// The durable job queue.
     spool: RefCell<Spool>,
-    /// Downloads in progress (`<state dir>/tmp`).
+    /// Where downloads too big for memory go ([`download::temp_dir`]): never the state
+    /// directory, which is on the SD card.
     tmp_dir: PathBuf,
+    /// The download of the job in hand, kept across its attempts so that a retry goes on
+    /// from the bytes already received.
+    download: RefCell<Option<(spool::Key, download::Download)>>,
     /// Installed models, for `/model`.
     catalog: Catalog,
     /// The thread that owns the Whisper engine.
@@ -135,8 +141,9 @@ impl Daemon {
         let state_path = State::path(&state_dir);
         let state = State::load(&state_path)?;
         let spool = Spool::open(&state_dir)?;
-        let tmp_dir = state_dir.join("tmp");
-        std::fs::create_dir_all(&tmp_dir)?;
+        let tmp_dir = download::temp_dir(&state_dir);
+        // Downloads used to go to `<state dir>/tmp`, on the SD card; nothing there is needed.
+        let _ = std::fs::remove_dir_all(state_dir.join("tmp"));
         let threads = ThreadConfig {
             threads: config.effective_threads(),
             cores: config.cores.clone(),
@@ -160,6 +167,7 @@ impl Daemon {
             state_path,
             spool: RefCell::new(spool),
             tmp_dir,
+            download: RefCell::new(None),
             catalog,
             inference,
             model: RefCell::new(model),

@@ -1,8 +1,9 @@
 //! The worker: one job at a time, from the spool to a delivered reply.
 //!
 //! For each job at the front of the [`spool`](super::spool): fetch the message again (it may
-//! have been deleted), download its audio to the state directory's `tmp/`, hand the file to
-//! the [`inference`](super::inference) thread, show progress on long audio by editing a
+//! have been deleted), download its audio (into memory when small, else the temporary
+//! directory: [`download`](super::download)), hand it to the [`inference`](super::inference)
+//! thread, show progress on long audio by editing a
 //! placeholder, and send the text in [`reply`]-sized parts — recording each part
 //! in the spool as it goes, so a restart resumes after the last part sent instead of posting
 //! it twice. Only then does the job leave the spool.
@@ -16,6 +17,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
 
+use super::download::{Audio, Download};
 use super::messenger::{Messenger, MessengerError, MsgId};
 use super::reply;
 use super::shutdown::Shutdown;
@@ -112,10 +114,10 @@ impl Daemon {
                 "that message has no voice message, video message or audio file".into(),
             ));
         };
-        let file = self.tmp_dir.join(format!("{chat}_{msg}.media"));
-        let bytes = self
-            .persist(shutdown, || tg.download(chat, msg, &file))
+        let download = self
+            .download_audio(tg, job.key, media.size, shutdown)
             .await?;
+        let bytes = download.len();
         log::info!(
             "transcribing {} {} from {} ({bytes} bytes, {:.0} s)",
             media.kind.label(),
@@ -152,7 +154,12 @@ impl Daemon {
             ..Options::default()
         };
         let (progress_tx, mut progress_rx) = mpsc::unbounded_channel::<(f64, String)>();
-        let run = self.inference.transcribe(file.clone(), opts, progress_tx);
+        let audio = download.into_audio();
+        let file = match &audio {
+            Audio::File(path) => Some(path.clone()),
+            Audio::Bytes(_) => None,
+        };
+        let run = self.inference.transcribe(audio, opts, progress_tx);
         tokio::pin!(run);
         let mut so_far = String::new();
         let mut last_edit = Instant::now();
@@ -178,7 +185,9 @@ impl Daemon {
                 }
             }
         };
-        let _ = std::fs::remove_file(&file);
+        if let Some(file) = file {
+            let _ = std::fs::remove_file(file);
+        }
         let outcome = outcome.map_err(JobError::Failed)?;
         {
             let mut s = self.stats.borrow_mut();
@@ -195,6 +204,58 @@ impl Daemon {
         );
         let parts = reply::messages(&prefix, &outcome.text);
         self.deliver(tg, job, &parts, shutdown).await
+    }
+
+    /// Downloads the job's audio, going on from what an earlier attempt of the same job
+    /// received. On failure the bytes so far are kept for the next attempt (the download is
+    /// given back to [`Daemon::download`]), so a dropped connection never costs more than the
+    /// part that was in flight.
+    async fn download_audio<M: Messenger>(
+        &self,
+        tg: &M,
+        key: Key,
+        size: u64,
+        shutdown: &Shutdown,
+    ) -> Result<Download, JobError> {
+        let kept = self.download.borrow_mut().take();
+        let download = match kept {
+            Some((k, d)) if k == key => d,
+            other => {
+                if let Some((_, d)) = other {
+                    d.discard();
+                }
+                let path = self.tmp_dir.join(format!("{}_{}.media", key.chat, key.msg));
+                Download::new(size, &path).map_err(|e| {
+                    JobError::Failed(format!("download file {}: {e}", path.display()))
+                })?
+            }
+        };
+        // Each retry below borrows the download in turn; the lock is never contended.
+        let lock = tokio::sync::Mutex::new(download);
+        let cell = &lock;
+        let result = self
+            .persist(shutdown, || async move {
+                let mut download = cell.lock().await;
+                tg.download(key.chat, key.msg, &mut download).await
+            })
+            .await;
+        let download = lock.into_inner();
+        match result {
+            Ok(_) => Ok(download),
+            Err(e) => {
+                *self.download.borrow_mut() = Some((key, download));
+                Err(e.into())
+            }
+        }
+    }
+
+    /// Throws away a kept download of `key`: its job is over.
+    fn forget_download(&self, key: Key) {
+        let kept = self.download.borrow_mut().take();
+        match kept {
+            Some((k, d)) if k == key => d.discard(),
+            other => *self.download.borrow_mut() = other,
+        }
     }
 
     /// Sends the parts not yet sent, recording each in the spool as it goes.
@@ -303,12 +364,14 @@ impl Daemon {
         };
         match result {
             Ok(()) => {
+                self.forget_download(key);
                 settle(self.spool.borrow_mut().complete(key));
                 self.stats.borrow_mut().done += 1;
                 None
             }
             Err(JobError::Gone) => {
                 log::warn!("{key}: the message was deleted; job dropped");
+                self.forget_download(key);
                 settle(self.spool.borrow_mut().complete(key));
                 None
             }
@@ -335,6 +398,7 @@ impl Daemon {
                 if job.attempts >= self.config.transcribe.max_attempts {
                     log::error!("{key}: failed {} times, giving up: {reason}", job.attempts);
                     self.report_failure(tg, &job, &reason, shutdown).await;
+                    self.forget_download(key);
                     settle(self.spool.borrow_mut().complete(key));
                     self.stats.borrow_mut().failed += 1;
                 } else {

@@ -9,6 +9,7 @@
 //! - [`errors`]: grammers errors sorted into the daemon's [`MessengerError`] categories.
 //! - [`convert`]: grammers messages → [`Incoming`], including what audio they carry.
 //! - [`login`]: the interactive phone / code / password dialogue.
+//! - [`download`]: media part by part, sized to the link, resumable, across data centers.
 //!
 //! # Why a connection is sometimes rebuilt
 //! grammers opens connections on demand inside one "pool runner" task, and that task waits for
@@ -18,10 +19,13 @@
 //! when one passes, the pool is marked stalled, [`TelegramUpdates::next`] returns a network
 //! error, and the supervisor's next [`Connection::connect`] throws the whole pool away and
 //! starts a new one from the saved session (update position included, so nothing is missed).
+//! Downloads are the exception: a part that misses its deadline is asked for again on the same
+//! pool, and only a connection that stays silent is replaced ([`download`] says why).
 //! While waiting for updates, a quiet connection is checked with a round trip every
 //! [`TelegramOptions::idle_probe`], which catches a connection that died silently.
 
 pub mod convert;
+pub mod download;
 pub mod errors;
 mod login;
 pub mod session;
@@ -40,16 +44,17 @@ use grammers_client::peer::Peer;
 use grammers_client::update::Update;
 use grammers_client::Client;
 use grammers_mtsender::{
-    AutoSleep, ConnectionParams, InvocationError, SenderPool, UpdatesConfiguration,
+    AutoSleep, ConnectionParams, InvocationError, SenderPool, SenderPoolHandle,
+    UpdatesConfiguration,
 };
 use grammers_session::types::{PeerId, PeerInfo, PeerKind, PeerRef};
 use grammers_session::updates::UpdatesLike;
 use grammers_session::Session;
 use grammers_tl_types as tl;
-use tokio::io::AsyncWriteExt;
 use tokio::sync::{mpsc, Notify};
 use tokio::task::JoinHandle;
 
+use crate::daemon::download::Download;
 use crate::daemon::messenger::{
     ChatId, Connection, Incoming, Messenger, MessengerError, MsgId, UserId,
 };
@@ -86,7 +91,8 @@ pub enum TelegramError {
 #[derive(Debug, Clone)]
 pub struct TelegramOptions {
     /// Longest wait for the answer to one request (the connect round trip, a reply, an edit, a
-    /// fetch, one download chunk). Past it the pool counts as stalled and is rebuilt.
+    /// fetch). Past it the pool counts as stalled and is rebuilt — except for a download
+    /// part, which is asked for again on the same pool ([`download`]).
     pub request_timeout: Duration,
     /// With no update for this long, [`TelegramUpdates::next`] checks the connection with a
     /// round trip, so a connection that died without a word is noticed.
@@ -145,6 +151,7 @@ pub async fn open_with(
         session,
         options,
         client: Mutex::new(pool.client.clone()),
+        sender: Mutex::new(pool.handle.clone()),
         owner: Mutex::new(owner),
         stalled: AtomicBool::new(false),
         stall_notice: Notify::new(),
@@ -187,6 +194,8 @@ struct Shared {
     options: TelegramOptions,
     /// The client of the current pool; replaced when the pool is rebuilt.
     client: Mutex<Client>,
+    /// The current pool's own handle, for closing one data center's connection.
+    sender: Mutex<SenderPoolHandle>,
     /// The owner's id and name, for messages grammers attributes to "self".
     owner: Mutex<Owner>,
     /// Set when a request missed its deadline: the pool may be frozen and must be rebuilt.
@@ -203,6 +212,21 @@ impl Shared {
             .clone()
     }
 
+    /// Marks the pool stalled: the update stream rebuilds it at its next look.
+    fn mark_stalled(&self) {
+        self.stalled.store(true, Ordering::SeqCst);
+        self.stall_notice.notify_one();
+    }
+
+    /// Closes the current pool's connection to data center `dc`; the next request to it
+    /// opens a new one.
+    fn disconnect_from_dc(&self, dc: i32) {
+        self.sender
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .disconnect_from_dc(dc);
+    }
+
     fn owner(&self) -> Owner {
         self.owner.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
@@ -217,8 +241,7 @@ impl Shared {
             .await
             .inspect_err(|e| {
                 if matches!(e, Deadline::Missed(_)) {
-                    self.stalled.store(true, Ordering::SeqCst);
-                    self.stall_notice.notify_one();
+                    self.mark_stalled();
                 }
             })
             .map_err(MessengerError::from)
@@ -422,6 +445,7 @@ async fn within<T>(
 /// A freshly started grammers pool: its client, its update channel and its runner task.
 struct Pool {
     client: Client,
+    handle: SenderPoolHandle,
     updates: mpsc::Receiver<UpdatesLike>,
     runner: JoinHandle<()>,
 }
@@ -443,6 +467,7 @@ impl Pool {
         };
         let pool = SenderPool::with_configuration(Arc::clone(session), api_id, params);
         Pool {
+            handle: pool.handle.thin.clone(),
             client: Client::new(pool.handle),
             updates: pool.updates,
             runner: tokio::spawn(pool.runner.run()),
@@ -453,6 +478,7 @@ impl Pool {
     /// from the update position saved in the session (catch-up).
     async fn stream(self, shared: &Shared) -> Result<Link, TelegramError> {
         *shared.client.lock().unwrap_or_else(|e| e.into_inner()) = self.client.clone();
+        *shared.sender.lock().unwrap_or_else(|e| e.into_inner()) = self.handle.clone();
         match self
             .client
             .stream_updates(self.updates, UpdatesConfiguration { catch_up: true })
@@ -590,21 +616,13 @@ impl Messenger for Telegram {
             .and_then(|m| convert::incoming(&m, &owner)))
     }
 
-    async fn download(&self, chat: ChatId, id: MsgId, dest: &Path) -> Result<u64, MessengerError> {
-        let message = self
-            .shared
-            .message(chat, id)
-            .await?
-            .ok_or(MessengerError::NotFound)?;
-        let media = message.media().ok_or_else(|| {
-            MessengerError::Rejected(format!("message {id} in chat {chat} has no media"))
-        })?;
-        let written = download_to(&self.shared, &media, dest).await;
-        if written.is_err() {
-            // Never leave half a file where a whole one is expected.
-            let _ = tokio::fs::remove_file(dest).await;
-        }
-        written
+    async fn download(
+        &self,
+        chat: ChatId,
+        id: MsgId,
+        into: &mut Download,
+    ) -> Result<u64, MessengerError> {
+        download::download(&self.shared, chat, id, into).await
     }
 
     async fn resolve_username(
@@ -653,26 +671,6 @@ fn message_id(message: &tl::enums::Message) -> MsgId {
         tl::enums::Message::Service(m) => m.id,
         tl::enums::Message::Empty(m) => m.id,
     }
-}
-
-/// Streams the media into `dest` chunk by chunk, each chunk under the request deadline.
-async fn download_to(
-    shared: &Shared,
-    media: &grammers_client::media::Media,
-    dest: &Path,
-) -> Result<u64, MessengerError> {
-    let io =
-        |e: std::io::Error| MessengerError::Rejected(format!("writing {}: {e}", dest.display()));
-    let mut file = tokio::fs::File::create(dest).await.map_err(io)?;
-    let mut chunks = shared.client().iter_download(media);
-    let mut written = 0u64;
-    while let Some(chunk) = shared.call(chunks.next()).await? {
-        file.write_all(&chunk).await.map_err(io)?;
-        written += chunk.len() as u64;
-    }
-    file.flush().await.map_err(io)?;
-    file.sync_all().await.map_err(io)?;
-    Ok(written)
 }
 
 /// New messages from Telegram, in order, with catch-up after restarts and outages.

@@ -243,6 +243,15 @@ pub fn answer(
                 gate!();
                 config(world, caller).to_bytes()
             }
+            f::help::GetNearestDc::CONSTRUCTOR_ID => {
+                gate!();
+                tl::enums::NearestDc::from(tl::types::NearestDc {
+                    country: "ZZ".into(),
+                    this_dc: caller.dc,
+                    nearest_dc: caller.dc,
+                })
+                .to_bytes()
+            }
             f::users::GetUsers::CONSTRUCTOR_ID => {
                 let r: f::users::GetUsers = decode(q)?;
                 gate!();
@@ -743,6 +752,9 @@ fn get_file(
         .doc(loc.id)
         .filter(|d| d.access_hash == loc.access_hash)
         .ok_or_else(|| err("LOCATION_INVALID"))?;
+    if world.expired_references.contains(&loc.file_reference) {
+        return Err(err("FILE_REFERENCE_EXPIRED"));
+    }
     if loc.file_reference != doc.file_reference {
         return Err(err("FILE_REFERENCE_INVALID"));
     }

@@ -535,19 +535,7 @@ impl Reader {
 
     /// `rpc_result`, gzip-packed when bigger than `gzip_over` (0: never).
     fn rpc_result(&self, req_msg_id: i64, result: &[u8], gzip_over: usize) {
-        let mut body = Vec::with_capacity(12 + result.len());
-        RPC_RESULT.serialize(&mut body);
-        req_msg_id.serialize(&mut body);
-        if gzip_over > 0 && result.len() > gzip_over {
-            let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
-            e.write_all(result).unwrap();
-            let packed = e.finish().unwrap();
-            GZIP_PACKED.serialize(&mut body);
-            packed.serialize(&mut body);
-        } else {
-            body.extend_from_slice(result);
-        }
-        self.send(body, true, true);
+        self.send(rpc_result_body(req_msg_id, result, gzip_over), true, true);
     }
 
     /// An API call: faults first, then the method.
@@ -578,6 +566,7 @@ impl Reader {
             dc,
             ports: shared.ports.clone(),
         };
+        let mut slow: Option<scenario::Fault> = None;
         let (answer, gzip_over, n) = {
             let mut world = shared.world.lock().unwrap();
             let n = {
@@ -595,9 +584,17 @@ impl Reader {
             let fault = fault.and_then(|f| {
                 call.log
                     .insert("fault".into(), json!(format!("{:?}", f.action)));
+                if f.error.as_deref() == Some("FILE_REFERENCE_EXPIRED") {
+                    // The reference the client holds stays expired after this call too.
+                    world.expire_file_references();
+                }
                 Some(match f.action {
                     FaultAction::ProcessThenDrop => {
                         drop_after = true;
+                        return None;
+                    }
+                    FaultAction::Slow => {
+                        slow = Some(f.clone());
                         return None;
                     }
                     FaultAction::Error => Answer::Error(
@@ -640,7 +637,29 @@ impl Reader {
                 Answer::Freeze => json!("freeze"),
             },
         );
+        if let (Some(f), Answer::Ok(bytes)) = (&slow, &answer) {
+            entry.insert(
+                "delay_s".into(),
+                json!(f.slow_delay(bytes.len()).as_secs_f64()),
+            );
+        }
         shared.log.lock().unwrap().push(entry);
+
+        if let (Some(f), Answer::Ok(bytes)) = (&slow, &answer) {
+            // Sent later from a task of its own; the connection goes on reading meanwhile.
+            let body = rpc_result_body(msg_id, bytes, gzip_over);
+            let delay = f.slow_delay(bytes.len());
+            let tx = self.tx.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(delay).await;
+                let _ = tx.send(Out::Msg {
+                    body,
+                    content_related: true,
+                    response: true,
+                });
+            });
+            return;
+        }
 
         match answer {
             Answer::Ok(bytes) => self.rpc_result(msg_id, &bytes, gzip_over),
@@ -668,6 +687,23 @@ impl Reader {
             }
         }
     }
+}
+
+/// The body of an `rpc_result`, gzip-packed when bigger than `gzip_over` (0: never).
+fn rpc_result_body(req_msg_id: i64, result: &[u8], gzip_over: usize) -> Vec<u8> {
+    let mut body = Vec::with_capacity(12 + result.len());
+    RPC_RESULT.serialize(&mut body);
+    req_msg_id.serialize(&mut body);
+    if gzip_over > 0 && result.len() > gzip_over {
+        let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+        e.write_all(result).unwrap();
+        let packed = e.finish().unwrap();
+        GZIP_PACKED.serialize(&mut body);
+        packed.serialize(&mut body);
+    } else {
+        body.extend_from_slice(result);
+    }
+    body
 }
 
 /// Starts the timers of the scenario's live messages (from the first state request on).

@@ -111,6 +111,9 @@ pub struct World {
     /// `random_id`s of the messages the owner sent, with the message they made: Telegram
     /// refuses a second message with the same one (RANDOM_ID_DUPLICATE).
     pub random_ids: HashMap<i64, (Peer, i32)>,
+    /// File references that expired (a FILE_REFERENCE_EXPIRED fault): `upload.getFile` with one
+    /// of them answers FILE_REFERENCE_EXPIRED until the client fetches the message again.
+    pub expired_references: Vec<Vec<u8>>,
 }
 
 impl World {
@@ -147,6 +150,7 @@ impl World {
             authorized: vec![home_dc],
             exported: Vec::new(),
             random_ids: HashMap::new(),
+            expired_references: Vec::new(),
         };
         let offline: Vec<scenario::Message> = world
             .scenario
@@ -372,8 +376,11 @@ impl World {
     }
 
     fn document(&mut self, v: &scenario::Voice) -> Result<Doc, String> {
-        let bytes =
-            std::fs::read(&v.file).map_err(|e| format!("voice file {}: {e}", v.file.display()))?;
+        let bytes = match v.size {
+            Some(size) => scenario::generated_payload(size),
+            None => std::fs::read(&v.file)
+                .map_err(|e| format!("voice file {}: {e}", v.file.display()))?,
+        };
         let id = self.next_doc_id;
         self.next_doc_id += 1;
         let mime_type = v.mime_type.clone().unwrap_or_else(|| {
@@ -395,6 +402,18 @@ impl World {
             kind: v.kind,
             bytes: Arc::new(bytes),
         })
+    }
+
+    /// Gives every document a new file reference and keeps the old ones as expired, as
+    /// Telegram does after a while: only a message fetched again carries the new one.
+    pub fn expire_file_references(&mut self) {
+        for d in self.messages.iter_mut().filter_map(|m| m.media.as_mut()) {
+            let old = std::mem::take(&mut d.file_reference);
+            let mut new = old.clone();
+            new.push(self.expired_references.len() as u8);
+            d.file_reference = new;
+            self.expired_references.push(old);
+        }
     }
 
     /// A document by id, wherever it is attached.
