@@ -1486,3 +1486,304 @@ fn voices_survive_sigkills_at_random_moments_and_are_each_answered_once() {
     }
     assert_eq!(daemon.stop(&dc).code(), Some(0), "{}", daemon.log());
 }
+
+// ---- logging in -----------------------------------------------------------------------------
+
+/// The config the daemon runs with in these tests.
+fn daemon_config() -> String {
+    common::model_dir("tiny.en");
+    format!(
+        "model = \"tiny.en\"\nthreads = 2\nnice = 0\nmodels_dir = {:?}",
+        common::root().join("models/cache")
+    )
+}
+
+impl Daemon {
+    /// Starts `voice-transcriber run` on a state directory prepared elsewhere (by `login`).
+    fn start_in(dir: tempfile::TempDir) -> Daemon {
+        std::fs::File::create(dir.path().join("daemon.log")).unwrap();
+        let mut daemon = Daemon { dir, child: None };
+        daemon.restart();
+        daemon
+    }
+}
+
+/// `voice-transcriber login` on a pseudo-terminal of its own (its controlling terminal, so the
+/// cloud password is read from /dev/tty as on a real one): what it prints is collected, and
+/// answers are typed once their prompt has appeared.
+struct LoginRun {
+    child: Child,
+    master: std::fs::File,
+    output: std::sync::Arc<std::sync::Mutex<String>>,
+    /// How much of the output earlier prompts consumed.
+    seen: usize,
+}
+
+impl LoginRun {
+    fn start(dir: &Path) -> LoginRun {
+        use std::os::unix::process::CommandExt;
+        let pty = nix::pty::openpty(None, None).unwrap();
+        let mut command = Command::new(common::bin());
+        command
+            .arg("--state-dir")
+            .arg(dir)
+            .arg("--config")
+            .arg(dir.join("config.toml"))
+            .arg("login")
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::from(pty.slave.try_clone().unwrap()))
+            .stdout(Stdio::from(pty.slave.try_clone().unwrap()))
+            .stderr(Stdio::from(pty.slave));
+        // SAFETY: only async-signal-safe calls between fork and exec.
+        unsafe {
+            command.pre_exec(|| {
+                if libc::setsid() < 0 || libc::ioctl(0, libc::TIOCSCTTY, 0) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let child = command.spawn().unwrap();
+        // The parent's copies of the terminal's far end go, so reads end when the child does.
+        drop(command);
+        let master = std::fs::File::from(pty.master);
+        let output = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        let mut reader = master.try_clone().unwrap();
+        let collected = std::sync::Arc::clone(&output);
+        std::thread::spawn(move || {
+            use std::io::Read;
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = reader.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                collected
+                    .lock()
+                    .unwrap()
+                    .push_str(&String::from_utf8_lossy(&buf[..n]));
+            }
+        });
+        LoginRun {
+            child,
+            master,
+            output,
+            seen: 0,
+        }
+    }
+
+    fn output(&self) -> String {
+        self.output.lock().unwrap().clone()
+    }
+
+    /// Waits until `text` appears after what earlier waits consumed.
+    fn expect(&mut self, dc: &FakeDc, text: &str) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let out = self.output();
+            if let Some(at) = out[self.seen.min(out.len())..].find(text) {
+                self.seen += at + text.len();
+                return;
+            }
+            if Instant::now() > deadline || self.child.try_wait().unwrap().is_some() {
+                panic!(
+                    "login never printed {text:?}; it printed:\n{out}\n--- fake data center log:\n{}",
+                    dc.log_text()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Types one line.
+    fn answer(&mut self, line: &str) {
+        use std::io::Write;
+        self.master
+            .write_all(format!("{line}\n").as_bytes())
+            .unwrap();
+    }
+
+    /// Waits for the exit; returns the status and everything printed.
+    fn finish(mut self, dc: &FakeDc) -> (ExitStatus, String) {
+        let deadline = Instant::now() + Duration::from_secs(90);
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                std::thread::sleep(Duration::from_millis(200));
+                return (status, self.output());
+            }
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                panic!(
+                    "login did not finish; it printed:\n{}\n--- fake data center log:\n{}",
+                    self.output(),
+                    dc.log_text()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+const PHONE: &str = "+1 555 000 1000";
+
+/// The people of [`scenario`], not logged in yet: `login` (more `[login]` keys) and `rest`
+/// (chats, messages) are added.
+fn not_logged_in(login: &str, rest: &str) -> Scenario {
+    scenario(&format!(
+        "[login]\nphone = \"15550001000\"\ncode = \"12345\"\n{login}\n{rest}"
+    ))
+}
+
+/// A fake data center for `s` and a state directory for it, as before `login`.
+fn login_setup(s: Scenario) -> (FakeDc, tempfile::TempDir) {
+    let dc = FakeDc::start(s, None).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    dc.write_state_dir(dir.path(), &daemon_config()).unwrap();
+    (dc, dir)
+}
+
+/// The session `login` left behind, checked to be logged in as the owner with mode 0600.
+fn logged_in_session(dir: &Path) -> telegram::FileSession {
+    use std::os::unix::fs::PermissionsExt;
+    let path = telegram::session_path(dir);
+    let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+    assert_eq!(
+        mode, 0o600,
+        "the session file is readable by its owner only"
+    );
+    let session = telegram::FileSession::load(&path).unwrap().unwrap();
+    assert!(session.is_logged_in());
+    assert_eq!(session.self_user_id(), Some(OWNER));
+    session
+}
+
+fn answers(dc: &FakeDc, method: &str) -> Vec<(i64, String)> {
+    dc.calls(method)
+        .iter()
+        .map(|c| {
+            (
+                c["dc"].as_i64().unwrap(),
+                c["answer"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn login_with_a_phone_code_saves_a_session_only_its_owner_can_read() {
+    let (dc, dir) = login_setup(not_logged_in("", ""));
+    let mut login = LoginRun::start(dir.path());
+    login.expect(&dc, "Phone number");
+    login.answer(PHONE);
+    login.expect(&dc, "Login code");
+    login.answer("12345");
+    let (status, out) = login.finish(&dc);
+    assert_eq!(status.code(), Some(0), "{out}");
+    assert!(out.contains("logged in as Olga (@olga, id 1000)"), "{out}");
+    logged_in_session(dir.path());
+    assert_eq!(answers(&dc, "auth.sendCode"), [(2, "ok".to_string())]);
+    assert_eq!(answers(&dc, "auth.signIn"), [(2, "ok".to_string())]);
+    assert_eq!(dc.calls("auth.signIn")[0]["code"], "12345");
+}
+
+#[test]
+fn login_after_a_wrong_code_takes_the_right_one() {
+    let (dc, dir) = login_setup(not_logged_in("", ""));
+    let mut login = LoginRun::start(dir.path());
+    login.expect(&dc, "Phone number");
+    login.answer(PHONE);
+    login.expect(&dc, "Login code");
+    login.answer("54321");
+    login.expect(&dc, "not valid");
+    login.expect(&dc, "Login code");
+    login.answer("12345");
+    let (status, out) = login.finish(&dc);
+    assert_eq!(status.code(), Some(0), "{out}");
+    logged_in_session(dir.path());
+    assert_eq!(
+        answers(&dc, "auth.signIn"),
+        [
+            (2, "400 PHONE_CODE_INVALID".to_string()),
+            (2, "ok".to_string())
+        ]
+    );
+}
+
+#[test]
+fn login_with_a_cloud_password_takes_the_right_one_after_a_wrong_one() {
+    let (dc, dir) = login_setup(not_logged_in(
+        "password = \"correct horse\"\nhint = \"the usual\"",
+        "",
+    ));
+    let mut login = LoginRun::start(dir.path());
+    login.expect(&dc, "Phone number");
+    login.answer(PHONE);
+    login.expect(&dc, "Login code");
+    login.answer("12345");
+    login.expect(&dc, "Cloud password (hint: the usual)");
+    login.answer("battery staple");
+    login.expect(&dc, "wrong password");
+    login.expect(&dc, "Cloud password");
+    login.answer("correct horse");
+    let (status, out) = login.finish(&dc);
+    assert_eq!(status.code(), Some(0), "{out}");
+    assert!(
+        !out.contains("correct horse"),
+        "the password is not echoed: {out}"
+    );
+    logged_in_session(dir.path());
+    assert_eq!(
+        answers(&dc, "auth.signIn"),
+        [(2, "401 SESSION_PASSWORD_NEEDED".to_string())]
+    );
+    let proofs: Vec<(String, String)> = dc
+        .calls("auth.checkPassword")
+        .iter()
+        .map(|c| {
+            (
+                c["proof"].as_str().unwrap_or_default().to_string(),
+                c["answer"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        proofs,
+        [
+            ("wrong".to_string(), "400 PASSWORD_HASH_INVALID".to_string()),
+            ("right".to_string(), "ok".to_string())
+        ]
+    );
+}
+
+#[test]
+fn login_follows_phone_migrate_to_the_accounts_data_center_and_run_stays_there() {
+    let (dc, dir) = login_setup(not_logged_in("phone_dc = 4", ""));
+    let mut login = LoginRun::start(dir.path());
+    login.expect(&dc, "Phone number");
+    login.answer(PHONE);
+    login.expect(&dc, "Login code");
+    login.answer("12345");
+    let (status, out) = login.finish(&dc);
+    assert_eq!(status.code(), Some(0), "{out}");
+    {
+        use grammers_session::Session as _;
+        let session = logged_in_session(dir.path());
+        assert_eq!(session.home_dc_id().unwrap(), 4);
+    }
+    assert_eq!(
+        answers(&dc, "auth.sendCode"),
+        [
+            (2, "303 PHONE_MIGRATE_4".to_string()),
+            (4, "ok".to_string())
+        ]
+    );
+    assert_eq!(answers(&dc, "auth.signIn"), [(4, "ok".to_string())]);
+    // The daemon then works on data center 4.
+    let mut daemon = Daemon::start_in(dir);
+    daemon.wait(&dc, 120, "the daemon's catch-up on data center 4", |log| {
+        log.iter()
+            .find(|e| e["method"] == "updates.getDifference" && e["dc"] == 4 && e["answer"] == "ok")
+            .cloned()
+    });
+    assert_eq!(daemon.stop(&dc).code(), Some(0), "{}", daemon.log());
+}
+

@@ -45,6 +45,9 @@
 //!                           # ignored, as on Telegram (default true)
 //! difference_limit = 100    # most updates per updates.getDifference; the rest follow in
 //!                           # further calls (updates.differenceSlice)
+//! channel_too_long_over = 0 # a supergroup with more updates pending than this answers
+//!                           # updates.getChannelDifference with channelDifferenceTooLong
+//!                           # (dialog and newest message only; 0: never)
 //!
 //! # Other accounts; `key` is how chats and messages name them.
 //! [[users]]
@@ -70,6 +73,7 @@
 //! pts = 1                   # supergroups: the group's pts when the session is written
 //! known = true              # supergroups: the session already knows the group (hash, pts),
 //!                           # so the client catches up with updates.getChannelDifference
+//! forum = false             # supergroups: a group with topics
 //!
 //! # Messages, in delivery order.
 //! [[messages]]
@@ -79,6 +83,9 @@
 //!                           # basic groups share one, each supergroup has its own)
 //! text = "hi"               # caption for media
 //! reply_to = 5              # optional, same chat
+//! topic = 1                 # optional: posted in the forum topic that message 1 opened
+//!                           # (reply header with forum_topic; reply_to_top_id when it also
+//!                           # replies to a message)
 //! delivery = "live"         # "live": pushed as `updates` after_s seconds after the client's
 //!                           # first updates.getState / updates.getDifference (default);
 //!                           # "offline": already there, only updates.getDifference has it
@@ -94,6 +101,20 @@
 //! dc = 2                    # data center holding the file (default: home)
 //! listed_dc = 1             # data center the document names (default: dc); when it differs,
 //!                           # that one answers FILE_MIGRATE_<dc>
+//!
+//! # A login still to make (optional). Without it the session is written logged in; with it
+//! # the session holds every data center's key but no owner, every data center answers 401
+//! # until `auth.signIn` / `auth.checkPassword` succeed, and `voice-transcriber login` asks.
+//! [login]
+//! phone = "+1 555 000 1000" # digits compared
+//! code = "12345"            # the code every auth.sendCode "sends"
+//! password = "hunter2"      # optional cloud password: auth.signIn answers 401
+//!                           # SESSION_PASSWORD_NEEDED, account.getPassword hands out an SRP
+//!                           # challenge and auth.checkPassword really checks the proof
+//! hint = "the usual"        # optional password hint
+//! phone_dc = 4              # optional: the account's data center; auth.sendCode elsewhere
+//!                           # answers 303 PHONE_MIGRATE_4 (default: server.home_dc)
+//! expired_codes = 1         # the first N codes sent answer PHONE_CODE_EXPIRED (default 0)
 //!
 //! # Misbehaviour on chosen calls (method names as in the TL schema).
 //! [[faults]]
@@ -122,7 +143,9 @@
 //! `date`, `qts`, `new_messages`, `slice` (getDifference); `channel`, `pts`, `limit`
 //! (getChannelDifference); `limit` (messages.getDialogs: one page of every chat with a
 //! message, its users and chats); `processed` (a process_then_drop fault); `dc_id`
-//! (auth.exportAuthorization); `username`; and `layer`, `init`
+//! (auth.exportAuthorization); `username`; `phone`, `phone_code_hash`, `code` (auth.sendCode,
+//! auth.signIn); `srp_id`, `proof` ("right" / "wrong", auth.checkPassword); `peer`,
+//! `offset_id`, `limit`, `min_id`, `max_id` (messages.getHistory); and `layer`, `init`
 //! on the first request of a connection. Server events carry `event` instead: "connect",
 //! "disconnect", "new_session", "bad_server_salt", "synced", "push", "ping", "gzip_packed",
 //! "frozen", "key_exchange_refused".
@@ -132,6 +155,7 @@ pub mod api;
 pub mod crypto;
 pub mod scenario;
 pub mod server;
+pub mod srp;
 pub mod transport;
 pub mod world;
 
@@ -264,7 +288,7 @@ impl FakeDc {
     /// path.
     pub fn write_state_dir(&self, dir: &Path, extra_config: &str) -> Result<PathBuf, String> {
         std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-        let (home, owner, pts, tracked, channels, known_users) = {
+        let (home, owner, pts, tracked, channels, known_users, logged_in) = {
             let w = self.shared.world.lock().unwrap();
             let tracked: Vec<(i64, String)> = w
                 .scenario
@@ -300,6 +324,7 @@ impl FakeDc {
                 tracked,
                 channels,
                 known_users,
+                w.scenario.login.is_none(),
             )
         };
         let path = voice_transcriber::telegram::session_path(dir);
@@ -326,14 +351,17 @@ impl FakeDc {
                     })
                     .await?;
             }
-            session
-                .cache_peer(PeerInfo::User {
-                    id: owner.0,
-                    auth: Some(PeerAuth::from_hash(owner.1)),
-                    bot: Some(false),
-                    is_self: Some(true),
-                })
-                .await?;
+            // With a login still to make: keys for every data center, but no owner.
+            if logged_in {
+                session
+                    .cache_peer(PeerInfo::User {
+                        id: owner.0,
+                        auth: Some(PeerAuth::from_hash(owner.1)),
+                        bot: Some(false),
+                        is_self: Some(true),
+                    })
+                    .await?;
+            }
             for &(id, hash) in &known_users {
                 session
                     .cache_peer(PeerInfo::User {
