@@ -1787,3 +1787,115 @@ fn login_follows_phone_migrate_to_the_accounts_data_center_and_run_stays_there()
     assert_eq!(daemon.stop(&dc).code(), Some(0), "{}", daemon.log());
 }
 
+/// A supergroup the session does not know yet, with one message in it from before.
+const TEAM_UNKNOWN: &str = r#"
+[[chats]]
+key = "team"
+kind = "supergroup"
+id = 700
+access_hash = 777
+title = "Team"
+members = ["ann", "bob"]
+pts = 10
+known = false
+
+[[messages]]
+chat = "team"
+from = "bob"
+text = "welcome"
+delivery = "offline"
+"#;
+
+/// A voice from Ann in the supergroup, for [`FakeDc::deliver`].
+fn voice_in_team() -> fake_telegram::scenario::Message {
+    fake_telegram::scenario::Message {
+        chat: "team".into(),
+        from: Some("ann".into()),
+        voice: Some(fake_telegram::scenario::Voice {
+            file: jfk(),
+            duration_s: 11.0,
+            kind: Default::default(),
+            mime_type: None,
+            dc: None,
+            listed_dc: None,
+        }),
+        ..Default::default()
+    }
+}
+
+#[test]
+fn a_supergroup_voice_sent_between_a_fresh_login_and_the_first_run_is_answered() {
+    let (dc, dir) = login_setup(not_logged_in("", TEAM_UNKNOWN));
+    let mut login = LoginRun::start(dir.path());
+    login.expect(&dc, "Phone number");
+    login.answer(PHONE);
+    login.expect(&dc, "Login code");
+    login.answer("12345");
+    let (status, out) = login.finish(&dc);
+    assert_eq!(status.code(), Some(0), "{out}");
+    let session = logged_in_session(dir.path());
+    let channels = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap()
+        .block_on(async {
+            use grammers_session::Session as _;
+            session.updates_state().await.unwrap().channels
+        });
+    assert!(
+        channels.iter().any(|c| c.id == 700 && c.pts == 11),
+        "the dialog list's position of the supergroup is kept: {channels:?}"
+    );
+    // While nothing runs, Ann sends a voice to the group.
+    let id = dc.deliver(&voice_in_team()).unwrap();
+    let mut daemon = Daemon::start_in(dir);
+    let (text, sent) = daemon.wait(&dc, 180, "the reply in the supergroup", |log| {
+        reply_to(log, i64::from(id))
+    });
+    assert!(jfk_ok(&text), "transcript: {text}");
+    assert_eq!(sent["peer"]["channel"], 700, "{sent}");
+    assert_eq!(daemon.stop(&dc).code(), Some(0), "{}", daemon.log());
+}
+
+#[test]
+fn running_login_again_on_a_working_install_keeps_the_supergroup_positions() {
+    // The daemon last saw the group at pts 10; a voice came since (pts 11).
+    let dc = FakeDc::start(
+        scenario(&format!(
+            r#"
+[[chats]]
+key = "team"
+kind = "supergroup"
+id = 700
+access_hash = 777
+title = "Team"
+members = ["ann", "bob"]
+pts = 10
+
+[[messages]]
+chat = "team"
+from = "ann"
+id = 5
+delivery = "offline"
+[messages.voice]
+file = {:?}
+duration_s = 11
+"#,
+            jfk()
+        )),
+        None,
+    )
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    dc.write_state_dir(dir.path(), &daemon_config()).unwrap();
+    let login = LoginRun::start(dir.path());
+    let (status, out) = login.finish(&dc);
+    assert_eq!(status.code(), Some(0), "{out}");
+    assert!(out.contains("already logged in"), "{out}");
+    let mut daemon = Daemon::start_in(dir);
+    let (text, _) = daemon.wait(&dc, 180, "the reply to the voice", |log| reply_to(log, 5));
+    assert!(jfk_ok(&text), "transcript: {text}");
+    let diff = &dc.calls("updates.getChannelDifference")[0];
+    assert_eq!(diff["pts"], 10, "{diff}");
+    assert_eq!(daemon.stop(&dc).code(), Some(0), "{}", daemon.log());
+}
+

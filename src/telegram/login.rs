@@ -7,7 +7,8 @@
 //! - every dialog is listed once, which caches each chat's access hash in the session; grammers
 //!   can only recover missed updates (gaps) for chats it has cached;
 //! - the saved update position is set to "now", so the first `run` transcribes what arrives
-//!   from then on, not the account's history.
+//!   from then on, not the account's history; each supergroup's position is the one its
+//!   dialog named. Run again on a working install, `login` keeps the positions it finds.
 
 use std::io::{self, BufRead, Write};
 use std::path::Path;
@@ -78,8 +79,22 @@ async fn run(
         // is lost, and logins are rate-limited.
         session.flush()?;
     }
+    // Listing the dialogs moves every supergroup's saved position to "now" (grammers sets
+    // each channel's pts from its dialog). On a working install that would skip whatever
+    // arrived in those groups since the daemon last ran, so the positions it had are put
+    // back; groups new to the session keep the dialog's.
+    let before = session.updates_state().await?.channels;
     let chats = cache_dialogs(client, t).await?;
-    if !already {
+    if already {
+        for channel in before {
+            session
+                .set_update_state(UpdateState::Channel {
+                    id: channel.id,
+                    pts: channel.pts,
+                })
+                .await?;
+        }
+    } else {
         start_updates_from_now(client, session, t).await?;
     }
     session.flush()?;
@@ -199,13 +214,17 @@ async fn start_updates_from_now(
         within(t, client.invoke(&tl::functions::updates::GetState {}))
             .await
             .map_err(MessengerError::from)?;
+    // The supergroups keep the positions the dialog list just gave them: without one,
+    // grammers cannot catch a group up after a restart, and what was said there while the
+    // daemon was down would be missed.
+    let channels = session.updates_state().await?.channels;
     session
         .set_update_state(UpdateState::All(UpdatesState {
             pts: state.pts,
             qts: state.qts,
             date: state.date,
             seq: state.seq,
-            channels: Vec::new(),
+            channels,
         }))
         .await?;
     Ok(())
