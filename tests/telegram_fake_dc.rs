@@ -1709,6 +1709,48 @@ fn login_after_a_wrong_code_takes_the_right_one() {
 }
 
 #[test]
+fn login_with_an_expired_code_says_so_and_sends_a_new_one() {
+    let (dc, dir) = login_setup(not_logged_in("expired_codes = 1", ""));
+    let mut login = LoginRun::start(dir.path());
+    login.expect(&dc, "Phone number");
+    login.answer(PHONE);
+    login.expect(&dc, "Login code");
+    login.answer("12345");
+    login.expect(&dc, "expired");
+    login.expect(&dc, "Login code");
+    login.answer("12345");
+    let (status, out) = login.finish(&dc);
+    assert_eq!(status.code(), Some(0), "{out}");
+    assert!(
+        !out.contains("not valid"),
+        "an expired code is not a wrong one: {out}"
+    );
+    logged_in_session(dir.path());
+    let sent = dc.calls("auth.sendCode");
+    assert_eq!(sent.len(), 2, "a new code was asked for: {sent:?}");
+    let signed: Vec<(String, String)> = dc
+        .calls("auth.signIn")
+        .iter()
+        .map(|c| {
+            (
+                c["phone_code_hash"].as_str().unwrap().to_string(),
+                c["answer"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        signed,
+        [
+            (
+                "code-hash-1".to_string(),
+                "400 PHONE_CODE_EXPIRED".to_string()
+            ),
+            ("code-hash-2".to_string(), "ok".to_string())
+        ]
+    );
+}
+
+#[test]
 fn login_with_a_cloud_password_takes_the_right_one_after_a_wrong_one() {
     let (dc, dir) = login_setup(not_logged_in(
         "password = \"correct horse\"\nhint = \"the usual\"",
