@@ -1941,3 +1941,61 @@ duration_s = 11
     assert_eq!(daemon.stop(&dc).code(), Some(0), "{}", daemon.log());
 }
 
+#[test]
+fn voices_behind_a_channel_difference_too_long_are_fetched_from_the_history_and_answered() {
+    // Three voices in the supergroup while the daemon was down; Telegram has more pending than
+    // it hands out and answers updates.channelDifferenceTooLong.
+    let voice = |id: i32| {
+        format!(
+            "[[messages]]\nchat = \"team\"\nfrom = \"ann\"\nid = {id}\ndelivery = \"offline\"\n\
+             [messages.voice]\nfile = {:?}\nduration_s = 11\n",
+            jfk()
+        )
+    };
+    let dc = FakeDc::start(
+        scenario(&format!(
+            r#"
+[server]
+channel_too_long_over = 2
+
+[[chats]]
+key = "team"
+kind = "supergroup"
+id = 700
+access_hash = 777
+title = "Team"
+members = ["ann", "bob"]
+pts = 10
+
+{}"#,
+            (5..=7).map(voice).collect::<String>()
+        )),
+        None,
+    )
+    .unwrap();
+    let mut daemon = Daemon::start(&dc);
+    daemon.wait(&dc, 240, "replies to all three voices", |log| {
+        (5..=7).all(|id| reply_to(log, id).is_some()).then_some(())
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    let log = dc.log();
+    for id in 5..=7 {
+        let replies: Vec<&Value> = log
+            .iter()
+            .filter(|e| e["method"] == "messages.sendMessage" && e["reply_to"] == id)
+            .collect();
+        assert_eq!(replies.len(), 1, "voice {id} answered once: {replies:?}");
+        assert!(jfk_ok(replies[0]["message"].as_str().unwrap()));
+        assert_eq!(replies[0]["peer"]["channel"], 700);
+    }
+    assert!(
+        dc.calls("updates.getChannelDifference")
+            .iter()
+            .any(|c| c["pts"] == 10),
+        "{}",
+        dc.log_text()
+    );
+    assert!(!dc.calls("messages.getHistory").is_empty());
+    assert_eq!(daemon.stop(&dc).code(), Some(0), "{}", daemon.log());
+}
+

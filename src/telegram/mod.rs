@@ -26,6 +26,7 @@ pub mod errors;
 mod login;
 pub mod session;
 
+use std::collections::VecDeque;
 use std::future::Future;
 use std::net::SocketAddrV4;
 use std::num::{NonZeroU32, NonZeroUsize};
@@ -158,6 +159,8 @@ pub async fn open_with(
             shared,
             link: Some(link),
             ahead: None,
+            backlog: VecDeque::new(),
+            recover: true,
         },
     ))
 }
@@ -387,6 +390,96 @@ impl Shared {
         if !self.knows(chat).await {
             log::warn!("chat {chat}: Telegram named no access hash for it");
         }
+    }
+}
+
+/// The most updates one `updates.getChannelDifference` of grammers asks for (user accounts).
+const CHANNEL_DIFFERENCE_LIMIT: i32 = 100;
+
+/// The most messages read back from one supergroup's history after a gap too long for its
+/// difference.
+const MAX_RECOVERED_PER_GROUP: usize = 1000;
+
+impl Shared {
+    /// Finds what grammers' catch-up would lose in supergroups that missed more than a
+    /// difference holds, and reads it from their history instead.
+    ///
+    /// Past [`CHANNEL_DIFFERENCE_LIMIT`] updates Telegram answers
+    /// `updates.channelDifferenceTooLong` (the group's dialog and newest messages), and
+    /// grammers 0.11 keeps only its new position from it: the messages in between never
+    /// reach the stream (its `adapt_channel_difference` empties `new_messages`). So after each
+    /// pool start, every supergroup in the saved position is asked for its difference as
+    /// grammers will ask for it; where the answer is "too long", the group's history
+    /// (`messages.getHistory`) is read back to the saved position's date, at most
+    /// [`MAX_RECOVERED_PER_GROUP`] messages, oldest handed out first. The stream's own
+    /// difference for the group then brings nothing; messages seen twice (history and
+    /// stream, or before a crash) are recognised by the spool's done log.
+    ///
+    /// The cost is one request per supergroup at each start, and a difference that fits is
+    /// fetched twice. A gap that grows too long while a pool runs (a long outage without a
+    /// rebuild) is not covered.
+    async fn recover_long_gaps(&self) -> Result<Vec<Incoming>, MessengerError> {
+        let state = self
+            .session
+            .updates_state()
+            .await
+            .map_err(|e| MessengerError::Network(format!("session: {e}")))?;
+        let owner = self.owner();
+        let mut found = Vec::new();
+        for channel in &state.channels {
+            let Some(peer) = PeerId::channel(channel.id) else {
+                continue;
+            };
+            let Ok(Some(peer)) = self.session.peer_ref(peer).await else {
+                continue;
+            };
+            let request = tl::functions::updates::GetChannelDifference {
+                force: false,
+                channel: tl::types::InputChannel {
+                    channel_id: channel.id,
+                    access_hash: peer.auth.hash(),
+                }
+                .into(),
+                filter: tl::enums::ChannelMessagesFilter::Empty,
+                pts: channel.pts,
+                limit: CHANNEL_DIFFERENCE_LIMIT,
+            };
+            let client = self.client();
+            match self.call(client.invoke(&request)).await {
+                Ok(tl::enums::updates::ChannelDifference::TooLong(_)) => {}
+                Ok(_) => continue,
+                Err(e) if e.is_transient() => return Err(e),
+                Err(e) => {
+                    log::warn!("supergroup {}: asking for its difference: {e}", channel.id);
+                    continue;
+                }
+            }
+            log::warn!(
+                "supergroup {}: more was missed than one difference holds; reading its history back to {}",
+                channel.id,
+                state.date
+            );
+            let mut history = client.iter_messages(peer).limit(MAX_RECOVERED_PER_GROUP);
+            let mut batch = Vec::new();
+            while let Some(message) = self.call(history.next()).await? {
+                let date = match &message.raw {
+                    tl::enums::Message::Message(m) => m.date,
+                    tl::enums::Message::Service(m) => m.date,
+                    tl::enums::Message::Empty(_) => continue,
+                };
+                if date < state.date {
+                    break;
+                }
+                batch.extend(convert::incoming(&message, &owner));
+            }
+            log::info!(
+                "supergroup {}: {} messages read back from its history",
+                channel.id,
+                batch.len()
+            );
+            found.extend(batch.into_iter().rev());
+        }
+        Ok(found)
     }
 }
 
@@ -691,6 +784,12 @@ pub struct TelegramUpdates {
     link: Option<Link>,
     /// An update taken from the stream by that look, not yet handed out.
     ahead: Option<Result<Update, InvocationError>>,
+    /// Messages read back from supergroup histories, handed out before the stream's
+    /// ([`Shared::recover_long_gaps`]).
+    backlog: VecDeque<Incoming>,
+    /// True from a pool's start until its first [`Connection::connect`] looked for gaps too
+    /// long for grammers' catch-up.
+    recover: bool,
 }
 
 impl TelegramUpdates {
@@ -741,6 +840,9 @@ impl TelegramUpdates {
     /// grammers allows between polls: what it had buffered would have made it ready, and a
     /// difference request it started is simply sent again by the next `next`.
     fn drained(&mut self) -> bool {
+        if self.recover || !self.backlog.is_empty() {
+            return false;
+        }
         match &self.ahead {
             Some(Ok(_)) => return false,
             // The stream only fails once its buffers are empty.
@@ -772,6 +874,7 @@ impl TelegramUpdates {
         // brings it again.
         self.link = None;
         self.ahead = None;
+        self.recover = true;
         self.shared.stalled.store(false, Ordering::SeqCst);
         let pool = Pool::start(
             &self.shared.session,
@@ -817,6 +920,12 @@ impl Connection for TelegramUpdates {
             owner.id = id;
         }
         owner.name = me.full_name();
+        drop(owner);
+        if self.recover {
+            let found = self.shared.recover_long_gaps().await?;
+            self.backlog.extend(found);
+            self.recover = false;
+        }
         Ok(())
     }
 
@@ -827,6 +936,9 @@ impl Connection for TelegramUpdates {
         loop {
             if shared.stalled.load(Ordering::SeqCst) {
                 return Err(stalled());
+            }
+            if let Some(incoming) = self.backlog.pop_front() {
+                return Ok(incoming);
             }
             if let Some(update) = self.ahead.take() {
                 match update {
