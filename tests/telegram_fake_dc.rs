@@ -1999,3 +1999,76 @@ pts = 10
     assert_eq!(daemon.stop(&dc).code(), Some(0), "{}", daemon.log());
 }
 
+#[test]
+fn track_in_a_forum_topic_without_a_reply_does_not_pick_the_topics_first_author() {
+    // Ann opened the topic (message 1), Bob wrote in it (2). The owner sends /track in the
+    // topic without replying (Telegram still marks it as a reply to 1, with forum_topic),
+    // then /track as a real reply to Bob's message.
+    let dc = FakeDc::start(
+        scenario(
+            r#"
+[[chats]]
+key = "forum"
+kind = "supergroup"
+id = 800
+access_hash = 888
+title = "Forum"
+members = ["ann", "bob"]
+forum = true
+
+[[messages]]
+chat = "forum"
+from = "ann"
+id = 1
+text = "Plans"
+delivery = "offline"
+
+[[messages]]
+chat = "forum"
+from = "bob"
+id = 2
+text = "my plan"
+topic = 1
+delivery = "offline"
+
+[[messages]]
+chat = "forum"
+from = "owner"
+id = 3
+text = "/track"
+topic = 1
+after_s = 0.5
+
+[[messages]]
+chat = "forum"
+from = "owner"
+id = 4
+text = "/track"
+topic = 1
+reply_to = 2
+after_s = 1.5
+"#,
+        ),
+        None,
+    )
+    .unwrap();
+    let mut daemon = Daemon::start(&dc);
+    let edit_of = |log: &[Value], id: i64| {
+        log.iter()
+            .find(|e| e["method"] == "messages.editMessage" && e["id"] == id)
+            .and_then(|e| e["message"].as_str().map(String::from))
+    };
+    let first = daemon.wait(&dc, 120, "the answer to the plain /track", |log| {
+        edit_of(log, 3)
+    });
+    assert!(
+        first.starts_with("/track: give a user id or @username"),
+        "a /track that replies to nothing tracks nobody: {first}"
+    );
+    let second = daemon.wait(&dc, 60, "the answer to the /track reply", |log| {
+        edit_of(log, 4)
+    });
+    assert_eq!(second, format!("tracking Bob ({BOB}) ✓"));
+    assert_eq!(daemon.stop(&dc).code(), Some(0), "{}", daemon.log());
+}
+
