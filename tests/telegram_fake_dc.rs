@@ -2072,3 +2072,45 @@ after_s = 1.5
     assert_eq!(daemon.stop(&dc).code(), Some(0), "{}", daemon.log());
 }
 
+#[test]
+fn a_user_migrate_on_the_reply_moves_the_account_to_that_data_center_and_the_reply_is_sent_there() {
+    let dc = FakeDc::start(
+        live_voice(
+            r#"
+[[faults]]
+method = "messages.sendMessage"
+call = 1
+error = "USER_MIGRATE_4"
+"#,
+        ),
+        None,
+    )
+    .unwrap();
+    let mut daemon = Daemon::start(&dc);
+    let sent = daemon.wait(&dc, 180, "the reply sent on data center 4", |log| {
+        log.iter()
+            .find(|e| e["method"] == "messages.sendMessage" && e["dc"] == 4 && e["answer"] == "ok")
+            .cloned()
+    });
+    assert!(jfk_ok(sent["message"].as_str().unwrap()), "{sent}");
+    assert_eq!(
+        answers(&dc, "messages.sendMessage"),
+        [(2, "303 USER_MIGRATE_4".to_string()), (4, "ok".to_string())],
+        "one failed try, then the reply on the new data center"
+    );
+    let exports: Vec<i64> = dc
+        .calls("auth.exportAuthorization")
+        .iter()
+        .filter(|c| c["dc"] == 2)
+        .map(|c| c["dc_id"].as_i64().unwrap())
+        .collect();
+    assert!(exports.contains(&4), "{exports:?}");
+    assert!(answers(&dc, "auth.importAuthorization").contains(&(4, "ok".to_string())));
+    assert_eq!(daemon.stop(&dc).code(), Some(0), "{}", daemon.log());
+    use grammers_session::Session as _;
+    let session = telegram::FileSession::load(&telegram::session_path(daemon.dir.path()))
+        .unwrap()
+        .unwrap();
+    assert_eq!(session.home_dc_id().unwrap(), 4, "the move is remembered");
+}
+

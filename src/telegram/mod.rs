@@ -212,19 +212,74 @@ impl Shared {
 
     /// Runs one request under the deadline, sorting its error; a missed deadline marks the
     /// pool stalled.
+    ///
+    /// USER_MIGRATE_X / NETWORK_MIGRATE_X (Telegram moved the account, or this network, to
+    /// data center X) are followed at once ([`Shared::follow_migration`]) and reported as a
+    /// network error; [`Shared::on_chat`] then sends the request again, now to X.
     async fn call<T>(
         &self,
         request: impl Future<Output = Result<T, InvocationError>>,
     ) -> Result<T, MessengerError> {
-        within(self.options.request_timeout, request)
-            .await
-            .inspect_err(|e| {
+        match within(self.options.request_timeout, request).await {
+            Ok(answer) => Ok(answer),
+            Err(Deadline::Failed(InvocationError::Rpc(e))) if migration_target(&e).is_some() => {
+                let dc = migration_target(&e).unwrap_or_default();
+                self.follow_migration(dc).await?;
+                Err(MessengerError::Network(format!(
+                    "Telegram moved the account to data center {dc} ({}); asking there",
+                    e.name
+                )))
+            }
+            Err(e) => {
                 if matches!(e, Deadline::Missed(_)) {
-                    self.stalled.store(true, Ordering::SeqCst);
-                    self.stall_notice.notify_one();
+                    self.mark_stalled();
                 }
-            })
-            .map_err(MessengerError::from)
+                Err(e.into())
+            }
+        }
+    }
+
+    /// Makes the update stream hand over to a new pool (see the module docs).
+    fn mark_stalled(&self) {
+        self.stalled.store(true, Ordering::SeqCst);
+        self.stall_notice.notify_one();
+    }
+
+    /// Moves the account's home to data center `dc`: the login is exported from the current
+    /// home and imported there (as for media on other data centers), then `dc` is saved as
+    /// the home, so every request after this one goes there. The update stream follows with a
+    /// new pool, since updates come from the home data center's connection.
+    async fn follow_migration(&self, dc: i32) -> Result<(), MessengerError> {
+        let session_error = |e: SessionError| MessengerError::Network(format!("session: {e}"));
+        let home = self.session.home_dc_id().map_err(session_error)?;
+        if home == dc {
+            return Ok(());
+        }
+        log::warn!("Telegram moved the account from data center {home} to {dc}; following it");
+        let t = self.options.request_timeout;
+        let client = self.client();
+        let tl::enums::auth::ExportedAuthorization::Authorization(exported) = within(
+            t,
+            client.invoke(&tl::functions::auth::ExportAuthorization { dc_id: dc }),
+        )
+        .await?;
+        within(
+            t,
+            client.invoke_in_dc(
+                dc,
+                &tl::functions::auth::ImportAuthorization {
+                    id: exported.id,
+                    bytes: exported.bytes,
+                },
+            ),
+        )
+        .await?;
+        self.session
+            .set_home_dc_id(dc)
+            .await
+            .map_err(session_error)?;
+        self.mark_stalled();
+        Ok(())
     }
 
     /// The chat as grammers wants it: with the access hash from the session's cache, or
@@ -268,10 +323,16 @@ impl Shared {
         Fut: Future<Output = Result<T, MessengerError>>,
     {
         let peer = self.peer(chat).await?;
+        let home = self.session.home_dc_id().ok();
         match request(peer).await {
             Err(MessengerError::UnknownChat(why)) => {
                 log::info!("chat {chat}: Telegram answered {why}; looking the chat up again");
                 self.learn_from_dialogs().await?;
+                request(self.peer(chat).await?).await
+            }
+            // The account moved to another data center meanwhile (see `call`).
+            Err(MessengerError::Network(why)) if self.session.home_dc_id().ok() != home => {
+                log::info!("chat {chat}: {why}");
                 request(self.peer(chat).await?).await
             }
             other => other,
@@ -391,6 +452,15 @@ impl Shared {
             log::warn!("chat {chat}: Telegram named no access hash for it");
         }
     }
+}
+
+/// The data center a USER_MIGRATE_X / NETWORK_MIGRATE_X error sends the account to.
+/// (PHONE_MIGRATE only happens during the login, FILE_MIGRATE grammers follows for each file.)
+fn migration_target(e: &grammers_mtsender::RpcError) -> Option<i32> {
+    let moved = e.code == 303 && matches!(e.name.as_str(), "USER_MIGRATE" | "NETWORK_MIGRATE");
+    moved
+        .then_some(e.value?)
+        .and_then(|dc| i32::try_from(dc).ok())
 }
 
 /// The most updates one `updates.getChannelDifference` of grammers asks for (user accounts).
