@@ -2114,3 +2114,55 @@ error = "USER_MIGRATE_4"
     assert_eq!(session.home_dc_id().unwrap(), 4, "the move is remembered");
 }
 
+#[test]
+fn the_owner_after_a_reload_is_the_account_logged_in_last_whatever_the_file_order() {
+    // A session that was logged in as 42, then (after that login was revoked) as 43: both
+    // entries say "self". The file is written and read twenty times, each with its own
+    // hash-map order.
+    use grammers_session::types::{PeerAuth, PeerInfo};
+    use grammers_session::Session as _;
+    let dir = tempfile::tempdir().unwrap();
+    let path = telegram::session_path(dir.path());
+    let me = |id: i64| PeerInfo::User {
+        id,
+        auth: Some(PeerAuth::from_hash(id * 10)),
+        bot: Some(false),
+        is_self: Some(true),
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    let mut owners = Vec::new();
+    for _ in 0..20 {
+        let _ = std::fs::remove_file(&path);
+        let session = telegram::FileSession::new(&path);
+        runtime.block_on(async {
+            let mut dc = session.dc_option(2).unwrap().unwrap();
+            dc.auth_key = Some([5; 256]);
+            session.set_dc_option(&dc).await.unwrap();
+            session.cache_peer(me(42)).await.unwrap();
+            for other in 1..=30 {
+                session
+                    .cache_peer(PeerInfo::User {
+                        id: 100 + other,
+                        auth: Some(PeerAuth::from_hash(other)),
+                        bot: Some(false),
+                        is_self: Some(false),
+                    })
+                    .await
+                    .unwrap();
+            }
+            session.cache_peer(me(43)).await.unwrap();
+        });
+        assert_eq!(session.self_user_id(), Some(43));
+        session.flush().unwrap();
+        let loaded = telegram::FileSession::load(&path).unwrap().unwrap();
+        owners.push(loaded.self_user_id());
+        let answered = runtime
+            .block_on(loaded.peer(grammers_session::types::PeerId::self_user()))
+            .unwrap()
+            .map(|p| p.id());
+        assert_eq!(answered, grammers_session::types::PeerId::user(43));
+    }
+    assert!(owners.iter().all(|o| *o == Some(43)), "{owners:?}");
+}
