@@ -985,12 +985,13 @@ impl Connection for TelegramUpdates {
         }
         let client = self.shared.client();
         let me = self.shared.call(client.get_me()).await?;
-        let mut owner = self.shared.owner.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(id) = me.id().bot_api_dialog_id() {
-            owner.id = id;
+        {
+            let mut owner = self.shared.owner.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(id) = me.id().bot_api_dialog_id() {
+                owner.id = id;
+            }
+            owner.name = me.full_name();
         }
-        owner.name = me.full_name();
-        drop(owner);
         if self.recover {
             let found = self.shared.recover_long_gaps().await?;
             self.backlog.extend(found);
