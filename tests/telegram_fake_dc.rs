@@ -1616,3 +1616,683 @@ delay_s = 0.4
     assert_eq!(at, SIZE);
     assert_eq!(daemon.stop(&dc).code(), Some(0), "{}", daemon.log());
 }
+
+// ---- logging in -----------------------------------------------------------------------------
+
+/// The config the daemon runs with in these tests.
+fn daemon_config() -> String {
+    common::model_dir("tiny.en");
+    format!(
+        "model = \"tiny.en\"\nthreads = 2\nnice = 0\nmodels_dir = {:?}",
+        common::root().join("models/cache")
+    )
+}
+
+impl Daemon {
+    /// Starts `voice-transcriber run` on a state directory prepared elsewhere (by `login`).
+    fn start_in(dir: tempfile::TempDir) -> Daemon {
+        std::fs::File::create(dir.path().join("daemon.log")).unwrap();
+        let mut daemon = Daemon { dir, child: None };
+        daemon.restart();
+        daemon
+    }
+}
+
+/// `voice-transcriber login` on a pseudo-terminal of its own (its controlling terminal, so the
+/// cloud password is read from /dev/tty as on a real one): what it prints is collected, and
+/// answers are typed once their prompt has appeared.
+struct LoginRun {
+    child: Child,
+    master: std::fs::File,
+    output: std::sync::Arc<std::sync::Mutex<String>>,
+    /// How much of the output earlier prompts consumed.
+    seen: usize,
+}
+
+impl LoginRun {
+    fn start(dir: &Path) -> LoginRun {
+        use std::os::unix::process::CommandExt;
+        let pty = nix::pty::openpty(None, None).unwrap();
+        let mut command = Command::new(common::bin());
+        command
+            .arg("--state-dir")
+            .arg(dir)
+            .arg("--config")
+            .arg(dir.join("config.toml"))
+            .arg("login")
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::from(pty.slave.try_clone().unwrap()))
+            .stdout(Stdio::from(pty.slave.try_clone().unwrap()))
+            .stderr(Stdio::from(pty.slave));
+        // SAFETY: only async-signal-safe calls between fork and exec.
+        unsafe {
+            command.pre_exec(|| {
+                if libc::setsid() < 0 || libc::ioctl(0, libc::TIOCSCTTY, 0) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let child = command.spawn().unwrap();
+        // The parent's copies of the terminal's far end go, so reads end when the child does.
+        drop(command);
+        let master = std::fs::File::from(pty.master);
+        let output = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        let mut reader = master.try_clone().unwrap();
+        let collected = std::sync::Arc::clone(&output);
+        std::thread::spawn(move || {
+            use std::io::Read;
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = reader.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                collected
+                    .lock()
+                    .unwrap()
+                    .push_str(&String::from_utf8_lossy(&buf[..n]));
+            }
+        });
+        LoginRun {
+            child,
+            master,
+            output,
+            seen: 0,
+        }
+    }
+
+    fn output(&self) -> String {
+        self.output.lock().unwrap().clone()
+    }
+
+    /// Waits until `text` appears after what earlier waits consumed.
+    fn expect(&mut self, dc: &FakeDc, text: &str) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let out = self.output();
+            if let Some(at) = out[self.seen.min(out.len())..].find(text) {
+                self.seen += at + text.len();
+                return;
+            }
+            if Instant::now() > deadline || self.child.try_wait().unwrap().is_some() {
+                panic!(
+                    "login never printed {text:?}; it printed:\n{out}\n--- fake data center log:\n{}",
+                    dc.log_text()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Types one line.
+    fn answer(&mut self, line: &str) {
+        use std::io::Write;
+        self.master
+            .write_all(format!("{line}\n").as_bytes())
+            .unwrap();
+    }
+
+    /// Waits for the exit; returns the status and everything printed.
+    fn finish(mut self, dc: &FakeDc) -> (ExitStatus, String) {
+        let deadline = Instant::now() + Duration::from_secs(90);
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                std::thread::sleep(Duration::from_millis(200));
+                return (status, self.output());
+            }
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                panic!(
+                    "login did not finish; it printed:\n{}\n--- fake data center log:\n{}",
+                    self.output(),
+                    dc.log_text()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+const PHONE: &str = "+1 555 000 1000";
+
+/// The people of [`scenario`], not logged in yet: `login` (more `[login]` keys) and `rest`
+/// (chats, messages) are added.
+fn not_logged_in(login: &str, rest: &str) -> Scenario {
+    scenario(&format!(
+        "[login]\nphone = \"15550001000\"\ncode = \"12345\"\n{login}\n{rest}"
+    ))
+}
+
+/// A fake data center for `s` and a state directory for it, as before `login`.
+fn login_setup(s: Scenario) -> (FakeDc, tempfile::TempDir) {
+    let dc = FakeDc::start(s, None).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    dc.write_state_dir(dir.path(), &daemon_config()).unwrap();
+    (dc, dir)
+}
+
+/// The session `login` left behind, checked to be logged in as the owner with mode 0600.
+fn logged_in_session(dir: &Path) -> telegram::FileSession {
+    use std::os::unix::fs::PermissionsExt;
+    let path = telegram::session_path(dir);
+    let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+    assert_eq!(
+        mode, 0o600,
+        "the session file is readable by its owner only"
+    );
+    let session = telegram::FileSession::load(&path).unwrap().unwrap();
+    assert!(session.is_logged_in());
+    assert_eq!(session.self_user_id(), Some(OWNER));
+    session
+}
+
+fn answers(dc: &FakeDc, method: &str) -> Vec<(i64, String)> {
+    dc.calls(method)
+        .iter()
+        .map(|c| {
+            (
+                c["dc"].as_i64().unwrap(),
+                c["answer"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn login_with_a_phone_code_saves_a_session_only_its_owner_can_read() {
+    let (dc, dir) = login_setup(not_logged_in("", ""));
+    let mut login = LoginRun::start(dir.path());
+    login.expect(&dc, "Phone number");
+    login.answer(PHONE);
+    login.expect(&dc, "Login code");
+    login.answer("12345");
+    let (status, out) = login.finish(&dc);
+    assert_eq!(status.code(), Some(0), "{out}");
+    assert!(out.contains("logged in as Olga (@olga, id 1000)"), "{out}");
+    logged_in_session(dir.path());
+    assert_eq!(answers(&dc, "auth.sendCode"), [(2, "ok".to_string())]);
+    assert_eq!(answers(&dc, "auth.signIn"), [(2, "ok".to_string())]);
+    assert_eq!(dc.calls("auth.signIn")[0]["code"], "12345");
+}
+
+#[test]
+fn login_after_a_wrong_code_takes_the_right_one() {
+    let (dc, dir) = login_setup(not_logged_in("", ""));
+    let mut login = LoginRun::start(dir.path());
+    login.expect(&dc, "Phone number");
+    login.answer(PHONE);
+    login.expect(&dc, "Login code");
+    login.answer("54321");
+    login.expect(&dc, "not valid");
+    login.expect(&dc, "Login code");
+    login.answer("12345");
+    let (status, out) = login.finish(&dc);
+    assert_eq!(status.code(), Some(0), "{out}");
+    logged_in_session(dir.path());
+    assert_eq!(
+        answers(&dc, "auth.signIn"),
+        [
+            (2, "400 PHONE_CODE_INVALID".to_string()),
+            (2, "ok".to_string())
+        ]
+    );
+}
+
+#[test]
+fn login_with_an_expired_code_says_so_and_sends_a_new_one() {
+    let (dc, dir) = login_setup(not_logged_in("expired_codes = 1", ""));
+    let mut login = LoginRun::start(dir.path());
+    login.expect(&dc, "Phone number");
+    login.answer(PHONE);
+    login.expect(&dc, "Login code");
+    login.answer("12345");
+    login.expect(&dc, "expired");
+    login.expect(&dc, "Login code");
+    login.answer("12345");
+    let (status, out) = login.finish(&dc);
+    assert_eq!(status.code(), Some(0), "{out}");
+    assert!(
+        !out.contains("not valid"),
+        "an expired code is not a wrong one: {out}"
+    );
+    logged_in_session(dir.path());
+    let sent = dc.calls("auth.sendCode");
+    assert_eq!(sent.len(), 2, "a new code was asked for: {sent:?}");
+    let signed: Vec<(String, String)> = dc
+        .calls("auth.signIn")
+        .iter()
+        .map(|c| {
+            (
+                c["phone_code_hash"].as_str().unwrap().to_string(),
+                c["answer"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        signed,
+        [
+            (
+                "code-hash-1".to_string(),
+                "400 PHONE_CODE_EXPIRED".to_string()
+            ),
+            ("code-hash-2".to_string(), "ok".to_string())
+        ]
+    );
+}
+
+#[test]
+fn login_with_a_cloud_password_takes_the_right_one_after_a_wrong_one() {
+    let (dc, dir) = login_setup(not_logged_in(
+        "password = \"correct horse\"\nhint = \"the usual\"",
+        "",
+    ));
+    let mut login = LoginRun::start(dir.path());
+    login.expect(&dc, "Phone number");
+    login.answer(PHONE);
+    login.expect(&dc, "Login code");
+    login.answer("12345");
+    login.expect(&dc, "Cloud password (hint: the usual)");
+    login.answer("battery staple");
+    login.expect(&dc, "wrong password");
+    login.expect(&dc, "Cloud password");
+    login.answer("correct horse");
+    let (status, out) = login.finish(&dc);
+    assert_eq!(status.code(), Some(0), "{out}");
+    assert!(
+        !out.contains("correct horse"),
+        "the password is not echoed: {out}"
+    );
+    logged_in_session(dir.path());
+    assert_eq!(
+        answers(&dc, "auth.signIn"),
+        [(2, "401 SESSION_PASSWORD_NEEDED".to_string())]
+    );
+    let proofs: Vec<(String, String)> = dc
+        .calls("auth.checkPassword")
+        .iter()
+        .map(|c| {
+            (
+                c["proof"].as_str().unwrap_or_default().to_string(),
+                c["answer"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        proofs,
+        [
+            ("wrong".to_string(), "400 PASSWORD_HASH_INVALID".to_string()),
+            ("right".to_string(), "ok".to_string())
+        ]
+    );
+}
+
+#[test]
+fn login_follows_phone_migrate_to_the_accounts_data_center_and_run_stays_there() {
+    let (dc, dir) = login_setup(not_logged_in("phone_dc = 4", ""));
+    let mut login = LoginRun::start(dir.path());
+    login.expect(&dc, "Phone number");
+    login.answer(PHONE);
+    login.expect(&dc, "Login code");
+    login.answer("12345");
+    let (status, out) = login.finish(&dc);
+    assert_eq!(status.code(), Some(0), "{out}");
+    {
+        use grammers_session::Session as _;
+        let session = logged_in_session(dir.path());
+        assert_eq!(session.home_dc_id().unwrap(), 4);
+    }
+    assert_eq!(
+        answers(&dc, "auth.sendCode"),
+        [
+            (2, "303 PHONE_MIGRATE_4".to_string()),
+            (4, "ok".to_string())
+        ]
+    );
+    assert_eq!(answers(&dc, "auth.signIn"), [(4, "ok".to_string())]);
+    // The daemon then works on data center 4.
+    let mut daemon = Daemon::start_in(dir);
+    daemon.wait(&dc, 120, "the daemon's catch-up on data center 4", |log| {
+        log.iter()
+            .find(|e| e["method"] == "updates.getDifference" && e["dc"] == 4 && e["answer"] == "ok")
+            .cloned()
+    });
+    assert_eq!(daemon.stop(&dc).code(), Some(0), "{}", daemon.log());
+}
+
+/// A supergroup the session does not know yet, with one message in it from before.
+const TEAM_UNKNOWN: &str = r#"
+[[chats]]
+key = "team"
+kind = "supergroup"
+id = 700
+access_hash = 777
+title = "Team"
+members = ["ann", "bob"]
+pts = 10
+known = false
+
+[[messages]]
+chat = "team"
+from = "bob"
+text = "welcome"
+delivery = "offline"
+"#;
+
+/// A voice from Ann in the supergroup, for [`FakeDc::deliver`].
+fn voice_in_team() -> fake_telegram::scenario::Message {
+    fake_telegram::scenario::Message {
+        chat: "team".into(),
+        from: Some("ann".into()),
+        voice: Some(fake_telegram::scenario::Voice {
+            file: jfk(),
+            duration_s: 11.0,
+            kind: Default::default(),
+            mime_type: None,
+            dc: None,
+            listed_dc: None,
+        }),
+        ..Default::default()
+    }
+}
+
+#[test]
+fn a_supergroup_voice_sent_between_a_fresh_login_and_the_first_run_is_answered() {
+    let (dc, dir) = login_setup(not_logged_in("", TEAM_UNKNOWN));
+    let mut login = LoginRun::start(dir.path());
+    login.expect(&dc, "Phone number");
+    login.answer(PHONE);
+    login.expect(&dc, "Login code");
+    login.answer("12345");
+    let (status, out) = login.finish(&dc);
+    assert_eq!(status.code(), Some(0), "{out}");
+    let session = logged_in_session(dir.path());
+    let channels = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap()
+        .block_on(async {
+            use grammers_session::Session as _;
+            session.updates_state().await.unwrap().channels
+        });
+    assert!(
+        channels.iter().any(|c| c.id == 700 && c.pts == 11),
+        "the dialog list's position of the supergroup is kept: {channels:?}"
+    );
+    // While nothing runs, Ann sends a voice to the group.
+    let id = dc.deliver(&voice_in_team()).unwrap();
+    let mut daemon = Daemon::start_in(dir);
+    let (text, sent) = daemon.wait(&dc, 180, "the reply in the supergroup", |log| {
+        reply_to(log, i64::from(id))
+    });
+    assert!(jfk_ok(&text), "transcript: {text}");
+    assert_eq!(sent["peer"]["channel"], 700, "{sent}");
+    assert_eq!(daemon.stop(&dc).code(), Some(0), "{}", daemon.log());
+}
+
+#[test]
+fn running_login_again_on_a_working_install_keeps_the_supergroup_positions() {
+    // The daemon last saw the group at pts 10; a voice came since (pts 11).
+    let dc = FakeDc::start(
+        scenario(&format!(
+            r#"
+[[chats]]
+key = "team"
+kind = "supergroup"
+id = 700
+access_hash = 777
+title = "Team"
+members = ["ann", "bob"]
+pts = 10
+
+[[messages]]
+chat = "team"
+from = "ann"
+id = 5
+delivery = "offline"
+[messages.voice]
+file = {:?}
+duration_s = 11
+"#,
+            jfk()
+        )),
+        None,
+    )
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    dc.write_state_dir(dir.path(), &daemon_config()).unwrap();
+    let login = LoginRun::start(dir.path());
+    let (status, out) = login.finish(&dc);
+    assert_eq!(status.code(), Some(0), "{out}");
+    assert!(out.contains("already logged in"), "{out}");
+    let mut daemon = Daemon::start_in(dir);
+    let (text, _) = daemon.wait(&dc, 180, "the reply to the voice", |log| reply_to(log, 5));
+    assert!(jfk_ok(&text), "transcript: {text}");
+    let diff = &dc.calls("updates.getChannelDifference")[0];
+    assert_eq!(diff["pts"], 10, "{diff}");
+    assert_eq!(daemon.stop(&dc).code(), Some(0), "{}", daemon.log());
+}
+
+#[test]
+fn voices_behind_a_channel_difference_too_long_are_fetched_from_the_history_and_answered() {
+    // Three voices in the supergroup while the daemon was down; Telegram has more pending than
+    // it hands out and answers updates.channelDifferenceTooLong.
+    let voice = |id: i32| {
+        format!(
+            "[[messages]]\nchat = \"team\"\nfrom = \"ann\"\nid = {id}\ndelivery = \"offline\"\n\
+             [messages.voice]\nfile = {:?}\nduration_s = 11\n",
+            jfk()
+        )
+    };
+    let dc = FakeDc::start(
+        scenario(&format!(
+            r#"
+[server]
+channel_too_long_over = 2
+
+[[chats]]
+key = "team"
+kind = "supergroup"
+id = 700
+access_hash = 777
+title = "Team"
+members = ["ann", "bob"]
+pts = 10
+
+{}"#,
+            (5..=7).map(voice).collect::<String>()
+        )),
+        None,
+    )
+    .unwrap();
+    let mut daemon = Daemon::start(&dc);
+    daemon.wait(&dc, 240, "replies to all three voices", |log| {
+        (5..=7).all(|id| reply_to(log, id).is_some()).then_some(())
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    let log = dc.log();
+    for id in 5..=7 {
+        let replies: Vec<&Value> = log
+            .iter()
+            .filter(|e| e["method"] == "messages.sendMessage" && e["reply_to"] == id)
+            .collect();
+        assert_eq!(replies.len(), 1, "voice {id} answered once: {replies:?}");
+        assert!(jfk_ok(replies[0]["message"].as_str().unwrap()));
+        assert_eq!(replies[0]["peer"]["channel"], 700);
+    }
+    assert!(
+        dc.calls("updates.getChannelDifference")
+            .iter()
+            .any(|c| c["pts"] == 10),
+        "{}",
+        dc.log_text()
+    );
+    assert!(!dc.calls("messages.getHistory").is_empty());
+    assert_eq!(daemon.stop(&dc).code(), Some(0), "{}", daemon.log());
+}
+
+#[test]
+fn track_in_a_forum_topic_without_a_reply_does_not_pick_the_topics_first_author() {
+    // Ann opened the topic (message 1), Bob wrote in it (2). The owner sends /track in the
+    // topic without replying (Telegram still marks it as a reply to 1, with forum_topic),
+    // then /track as a real reply to Bob's message.
+    let dc = FakeDc::start(
+        scenario(
+            r#"
+[[chats]]
+key = "forum"
+kind = "supergroup"
+id = 800
+access_hash = 888
+title = "Forum"
+members = ["ann", "bob"]
+forum = true
+
+[[messages]]
+chat = "forum"
+from = "ann"
+id = 1
+text = "Plans"
+delivery = "offline"
+
+[[messages]]
+chat = "forum"
+from = "bob"
+id = 2
+text = "my plan"
+topic = 1
+delivery = "offline"
+
+[[messages]]
+chat = "forum"
+from = "owner"
+id = 3
+text = "/track"
+topic = 1
+after_s = 0.5
+
+[[messages]]
+chat = "forum"
+from = "owner"
+id = 4
+text = "/track"
+topic = 1
+reply_to = 2
+after_s = 1.5
+"#,
+        ),
+        None,
+    )
+    .unwrap();
+    let mut daemon = Daemon::start(&dc);
+    let edit_of = |log: &[Value], id: i64| {
+        log.iter()
+            .find(|e| e["method"] == "messages.editMessage" && e["id"] == id)
+            .and_then(|e| e["message"].as_str().map(String::from))
+    };
+    let first = daemon.wait(&dc, 120, "the answer to the plain /track", |log| {
+        edit_of(log, 3)
+    });
+    assert!(
+        first.starts_with("/track: give a user id or @username"),
+        "a /track that replies to nothing tracks nobody: {first}"
+    );
+    let second = daemon.wait(&dc, 60, "the answer to the /track reply", |log| {
+        edit_of(log, 4)
+    });
+    assert_eq!(second, format!("tracking Bob ({BOB}) ✓"));
+    assert_eq!(daemon.stop(&dc).code(), Some(0), "{}", daemon.log());
+}
+
+#[test]
+fn a_user_migrate_on_the_reply_moves_the_account_to_that_data_center_and_the_reply_is_sent_there() {
+    let dc = FakeDc::start(
+        live_voice(
+            r#"
+[[faults]]
+method = "messages.sendMessage"
+call = 1
+error = "USER_MIGRATE_4"
+"#,
+        ),
+        None,
+    )
+    .unwrap();
+    let mut daemon = Daemon::start(&dc);
+    let sent = daemon.wait(&dc, 180, "the reply sent on data center 4", |log| {
+        log.iter()
+            .find(|e| e["method"] == "messages.sendMessage" && e["dc"] == 4 && e["answer"] == "ok")
+            .cloned()
+    });
+    assert!(jfk_ok(sent["message"].as_str().unwrap()), "{sent}");
+    assert_eq!(
+        answers(&dc, "messages.sendMessage"),
+        [(2, "303 USER_MIGRATE_4".to_string()), (4, "ok".to_string())],
+        "one failed try, then the reply on the new data center"
+    );
+    let exports: Vec<i64> = dc
+        .calls("auth.exportAuthorization")
+        .iter()
+        .filter(|c| c["dc"] == 2)
+        .map(|c| c["dc_id"].as_i64().unwrap())
+        .collect();
+    assert!(exports.contains(&4), "{exports:?}");
+    assert!(answers(&dc, "auth.importAuthorization").contains(&(4, "ok".to_string())));
+    assert_eq!(daemon.stop(&dc).code(), Some(0), "{}", daemon.log());
+    use grammers_session::Session as _;
+    let session = telegram::FileSession::load(&telegram::session_path(daemon.dir.path()))
+        .unwrap()
+        .unwrap();
+    assert_eq!(session.home_dc_id().unwrap(), 4, "the move is remembered");
+}
+
+#[test]
+fn the_owner_after_a_reload_is_the_account_logged_in_last_whatever_the_file_order() {
+    // A session that was logged in as 42, then (after that login was revoked) as 43: both
+    // entries say "self". The file is written and read twenty times, each with its own
+    // hash-map order.
+    use grammers_session::types::{PeerAuth, PeerInfo};
+    use grammers_session::Session as _;
+    let dir = tempfile::tempdir().unwrap();
+    let path = telegram::session_path(dir.path());
+    let me = |id: i64| PeerInfo::User {
+        id,
+        auth: Some(PeerAuth::from_hash(id * 10)),
+        bot: Some(false),
+        is_self: Some(true),
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    let mut owners = Vec::new();
+    for _ in 0..20 {
+        let _ = std::fs::remove_file(&path);
+        let session = telegram::FileSession::new(&path);
+        runtime.block_on(async {
+            let mut dc = session.dc_option(2).unwrap().unwrap();
+            dc.auth_key = Some([5; 256]);
+            session.set_dc_option(&dc).await.unwrap();
+            session.cache_peer(me(42)).await.unwrap();
+            for other in 1..=30 {
+                session
+                    .cache_peer(PeerInfo::User {
+                        id: 100 + other,
+                        auth: Some(PeerAuth::from_hash(other)),
+                        bot: Some(false),
+                        is_self: Some(false),
+                    })
+                    .await
+                    .unwrap();
+            }
+            session.cache_peer(me(43)).await.unwrap();
+        });
+        assert_eq!(session.self_user_id(), Some(43));
+        session.flush().unwrap();
+        let loaded = telegram::FileSession::load(&path).unwrap().unwrap();
+        owners.push(loaded.self_user_id());
+        let answered = runtime
+            .block_on(loaded.peer(grammers_session::types::PeerId::self_user()))
+            .unwrap()
+            .map(|p| p.id());
+        assert_eq!(answered, grammers_session::types::PeerId::user(43));
+    }
+    assert!(owners.iter().all(|o| *o == Some(43)), "{owners:?}");
+}

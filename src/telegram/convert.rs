@@ -64,9 +64,18 @@ fn sender_id(sender: Option<PeerId>, owner: &Owner) -> Option<UserId> {
 }
 
 /// The replied-to message id, when it is in the same chat (replies can quote other chats).
+///
+/// In a forum topic every message carries a reply header with `forum_topic` set: one that is
+/// merely posted in the topic names the topic's first message as `reply_to_msg_id` and
+/// nothing else, a real reply names the message it answers there and the topic in
+/// `reply_to_top_id`. Only the latter is a reply. (A reply to the topic's first message
+/// itself looks like the former and is taken as no reply.)
 fn same_chat_reply(message: &tl::types::Message) -> Option<i32> {
     match &message.reply_to {
         Some(tl::enums::MessageReplyHeader::Header(h)) if h.reply_to_peer_id.is_none() => {
+            if h.forum_topic && h.reply_to_top_id.is_none() {
+                return None;
+            }
             h.reply_to_msg_id
         }
         _ => None,

@@ -30,6 +30,7 @@ pub mod errors;
 mod login;
 pub mod session;
 
+use std::collections::VecDeque;
 use std::future::Future;
 use std::net::SocketAddrV4;
 use std::num::{NonZeroU32, NonZeroUsize};
@@ -165,6 +166,8 @@ pub async fn open_with(
             shared,
             link: Some(link),
             ahead: None,
+            backlog: VecDeque::new(),
+            recover: true,
         },
     ))
 }
@@ -233,18 +236,74 @@ impl Shared {
 
     /// Runs one request under the deadline, sorting its error; a missed deadline marks the
     /// pool stalled.
+    ///
+    /// USER_MIGRATE_X / NETWORK_MIGRATE_X (Telegram moved the account, or this network, to
+    /// data center X) are followed at once ([`Shared::follow_migration`]) and reported as a
+    /// network error; [`Shared::on_chat`] then sends the request again, now to X.
     async fn call<T>(
         &self,
         request: impl Future<Output = Result<T, InvocationError>>,
     ) -> Result<T, MessengerError> {
-        within(self.options.request_timeout, request)
-            .await
-            .inspect_err(|e| {
+        match within(self.options.request_timeout, request).await {
+            Ok(answer) => Ok(answer),
+            Err(Deadline::Failed(InvocationError::Rpc(e))) if migration_target(&e).is_some() => {
+                let dc = migration_target(&e).unwrap_or_default();
+                self.follow_migration(dc).await?;
+                Err(MessengerError::Network(format!(
+                    "Telegram moved the account to data center {dc} ({}); asking there",
+                    e.name
+                )))
+            }
+            Err(e) => {
                 if matches!(e, Deadline::Missed(_)) {
                     self.mark_stalled();
                 }
-            })
-            .map_err(MessengerError::from)
+                Err(e.into())
+            }
+        }
+    }
+
+    /// Makes the update stream hand over to a new pool (see the module docs).
+    fn mark_stalled(&self) {
+        self.stalled.store(true, Ordering::SeqCst);
+        self.stall_notice.notify_one();
+    }
+
+    /// Moves the account's home to data center `dc`: the login is exported from the current
+    /// home and imported there (as for media on other data centers), then `dc` is saved as
+    /// the home, so every request after this one goes there. The update stream follows with a
+    /// new pool, since updates come from the home data center's connection.
+    async fn follow_migration(&self, dc: i32) -> Result<(), MessengerError> {
+        let session_error = |e: SessionError| MessengerError::Network(format!("session: {e}"));
+        let home = self.session.home_dc_id().map_err(session_error)?;
+        if home == dc {
+            return Ok(());
+        }
+        log::warn!("Telegram moved the account from data center {home} to {dc}; following it");
+        let t = self.options.request_timeout;
+        let client = self.client();
+        let tl::enums::auth::ExportedAuthorization::Authorization(exported) = within(
+            t,
+            client.invoke(&tl::functions::auth::ExportAuthorization { dc_id: dc }),
+        )
+        .await?;
+        within(
+            t,
+            client.invoke_in_dc(
+                dc,
+                &tl::functions::auth::ImportAuthorization {
+                    id: exported.id,
+                    bytes: exported.bytes,
+                },
+            ),
+        )
+        .await?;
+        self.session
+            .set_home_dc_id(dc)
+            .await
+            .map_err(session_error)?;
+        self.mark_stalled();
+        Ok(())
     }
 
     /// The chat as grammers wants it: with the access hash from the session's cache, or
@@ -288,10 +347,16 @@ impl Shared {
         Fut: Future<Output = Result<T, MessengerError>>,
     {
         let peer = self.peer(chat).await?;
+        let home = self.session.home_dc_id().ok();
         match request(peer).await {
             Err(MessengerError::UnknownChat(why)) => {
                 log::info!("chat {chat}: Telegram answered {why}; looking the chat up again");
                 self.learn_from_dialogs().await?;
+                request(self.peer(chat).await?).await
+            }
+            // The account moved to another data center meanwhile (see `call`).
+            Err(MessengerError::Network(why)) if self.session.home_dc_id().ok() != home => {
+                log::info!("chat {chat}: {why}");
                 request(self.peer(chat).await?).await
             }
             other => other,
@@ -410,6 +475,105 @@ impl Shared {
         if !self.knows(chat).await {
             log::warn!("chat {chat}: Telegram named no access hash for it");
         }
+    }
+}
+
+/// The data center a USER_MIGRATE_X / NETWORK_MIGRATE_X error sends the account to.
+/// (PHONE_MIGRATE only happens during the login, FILE_MIGRATE grammers follows for each file.)
+fn migration_target(e: &grammers_mtsender::RpcError) -> Option<i32> {
+    let moved = e.code == 303 && matches!(e.name.as_str(), "USER_MIGRATE" | "NETWORK_MIGRATE");
+    moved
+        .then_some(e.value?)
+        .and_then(|dc| i32::try_from(dc).ok())
+}
+
+/// The most updates one `updates.getChannelDifference` of grammers asks for (user accounts).
+const CHANNEL_DIFFERENCE_LIMIT: i32 = 100;
+
+/// The most messages read back from one supergroup's history after a gap too long for its
+/// difference.
+const MAX_RECOVERED_PER_GROUP: usize = 1000;
+
+impl Shared {
+    /// Finds what grammers' catch-up would lose in supergroups that missed more than a
+    /// difference holds, and reads it from their history instead.
+    ///
+    /// Past [`CHANNEL_DIFFERENCE_LIMIT`] updates Telegram answers
+    /// `updates.channelDifferenceTooLong` (the group's dialog and newest messages), and
+    /// grammers 0.11 keeps only its new position from it: the messages in between never
+    /// reach the stream (its `adapt_channel_difference` empties `new_messages`). So after each
+    /// pool start, every supergroup in the saved position is asked for its difference as
+    /// grammers will ask for it; where the answer is "too long", the group's history
+    /// (`messages.getHistory`) is read back to the saved position's date, at most
+    /// [`MAX_RECOVERED_PER_GROUP`] messages, oldest handed out first. The stream's own
+    /// difference for the group then brings nothing; messages seen twice (history and
+    /// stream, or before a crash) are recognised by the spool's done log.
+    ///
+    /// The cost is one request per supergroup at each start, and a difference that fits is
+    /// fetched twice. A gap that grows too long while a pool runs (a long outage without a
+    /// rebuild) is not covered.
+    async fn recover_long_gaps(&self) -> Result<Vec<Incoming>, MessengerError> {
+        let state = self
+            .session
+            .updates_state()
+            .await
+            .map_err(|e| MessengerError::Network(format!("session: {e}")))?;
+        let owner = self.owner();
+        let mut found = Vec::new();
+        for channel in &state.channels {
+            let Some(peer) = PeerId::channel(channel.id) else {
+                continue;
+            };
+            let Ok(Some(peer)) = self.session.peer_ref(peer).await else {
+                continue;
+            };
+            let request = tl::functions::updates::GetChannelDifference {
+                force: false,
+                channel: tl::types::InputChannel {
+                    channel_id: channel.id,
+                    access_hash: peer.auth.hash(),
+                }
+                .into(),
+                filter: tl::enums::ChannelMessagesFilter::Empty,
+                pts: channel.pts,
+                limit: CHANNEL_DIFFERENCE_LIMIT,
+            };
+            let client = self.client();
+            match self.call(client.invoke(&request)).await {
+                Ok(tl::enums::updates::ChannelDifference::TooLong(_)) => {}
+                Ok(_) => continue,
+                Err(e) if e.is_transient() => return Err(e),
+                Err(e) => {
+                    log::warn!("supergroup {}: asking for its difference: {e}", channel.id);
+                    continue;
+                }
+            }
+            log::warn!(
+                "supergroup {}: more was missed than one difference holds; reading its history back to {}",
+                channel.id,
+                state.date
+            );
+            let mut history = client.iter_messages(peer).limit(MAX_RECOVERED_PER_GROUP);
+            let mut batch = Vec::new();
+            while let Some(message) = self.call(history.next()).await? {
+                let date = match &message.raw {
+                    tl::enums::Message::Message(m) => m.date,
+                    tl::enums::Message::Service(m) => m.date,
+                    tl::enums::Message::Empty(_) => continue,
+                };
+                if date < state.date {
+                    break;
+                }
+                batch.extend(convert::incoming(&message, &owner));
+            }
+            log::info!(
+                "supergroup {}: {} messages read back from its history",
+                channel.id,
+                batch.len()
+            );
+            found.extend(batch.into_iter().rev());
+        }
+        Ok(found)
     }
 }
 
@@ -689,6 +853,12 @@ pub struct TelegramUpdates {
     link: Option<Link>,
     /// An update taken from the stream by that look, not yet handed out.
     ahead: Option<Result<Update, InvocationError>>,
+    /// Messages read back from supergroup histories, handed out before the stream's
+    /// ([`Shared::recover_long_gaps`]).
+    backlog: VecDeque<Incoming>,
+    /// True from a pool's start until its first [`Connection::connect`] looked for gaps too
+    /// long for grammers' catch-up.
+    recover: bool,
 }
 
 impl TelegramUpdates {
@@ -739,6 +909,9 @@ impl TelegramUpdates {
     /// grammers allows between polls: what it had buffered would have made it ready, and a
     /// difference request it started is simply sent again by the next `next`.
     fn drained(&mut self) -> bool {
+        if self.recover || !self.backlog.is_empty() {
+            return false;
+        }
         match &self.ahead {
             Some(Ok(_)) => return false,
             // The stream only fails once its buffers are empty.
@@ -770,6 +943,7 @@ impl TelegramUpdates {
         // brings it again.
         self.link = None;
         self.ahead = None;
+        self.recover = true;
         self.shared.stalled.store(false, Ordering::SeqCst);
         let pool = Pool::start(
             &self.shared.session,
@@ -810,11 +984,18 @@ impl Connection for TelegramUpdates {
         }
         let client = self.shared.client();
         let me = self.shared.call(client.get_me()).await?;
-        let mut owner = self.shared.owner.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(id) = me.id().bot_api_dialog_id() {
-            owner.id = id;
+        {
+            let mut owner = self.shared.owner.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(id) = me.id().bot_api_dialog_id() {
+                owner.id = id;
+            }
+            owner.name = me.full_name();
         }
-        owner.name = me.full_name();
+        if self.recover {
+            let found = self.shared.recover_long_gaps().await?;
+            self.backlog.extend(found);
+            self.recover = false;
+        }
         Ok(())
     }
 
@@ -825,6 +1006,9 @@ impl Connection for TelegramUpdates {
         loop {
             if shared.stalled.load(Ordering::SeqCst) {
                 return Err(stalled());
+            }
+            if let Some(incoming) = self.backlog.pop_front() {
+                return Ok(incoming);
             }
             if let Some(update) = self.ahead.take() {
                 match update {

@@ -90,6 +90,10 @@ struct Stored {
     peers: Vec<PeerInfo>,
     /// Position in the update stream.
     updates_state: UpdatesState,
+    /// The logged-in account's user id. Several peers may say "self" (an account logged in
+    /// before this one), so the owner is named here rather than found among them.
+    #[serde(default)]
+    owner: Option<i64>,
 }
 
 /// The live session data and its bookkeeping.
@@ -150,12 +154,24 @@ impl FileSession {
                 stored.format
             )));
         }
-        let self_id = stored.peers.iter().find_map(|p| match p {
-            PeerInfo::User {
-                is_self: Some(true),
-                ..
-            } => Some(p.id()),
-            _ => None,
+        // Files written before `owner` existed: the one peer that says "self"; with several,
+        // the highest id (any choice is corrected at the first connection, whose
+        // `users.getUsers(self)` names the account).
+        let self_id = stored.owner.and_then(PeerId::user).or_else(|| {
+            stored
+                .peers
+                .iter()
+                .filter(|p| {
+                    matches!(
+                        p,
+                        PeerInfo::User {
+                            is_self: Some(true),
+                            ..
+                        }
+                    )
+                })
+                .map(PeerInfo::id)
+                .max_by_key(|id| id.bot_api_dialog_id())
         });
         let session = SessionData {
             home_dc: stored.home_dc,
@@ -280,8 +296,13 @@ impl FileSession {
                 dcs.sort_by_key(|dc| dc.id);
                 dcs
             },
-            peers: data.session.peer_infos.values().cloned().collect(),
+            peers: {
+                let mut peers: Vec<_> = data.session.peer_infos.values().cloned().collect();
+                peers.sort_by_key(|p| p.id().bot_api_dialog_id());
+                peers
+            },
             updates_state: data.session.updates_state.clone(),
+            owner: data.self_id.and_then(PeerId::bot_api_dialog_id),
         };
         let text = serde_json::to_vec(&stored).map_err(|e| SessionError::Format {
             path: self.path.clone(),
@@ -391,6 +412,14 @@ impl Session for FileSession {
             let changed = merge_peer(&mut data.session.peer_infos, peer);
             let new_owner = is_self && data.self_id != Some(id);
             if new_owner {
+                // The account logged in before is "self" no more.
+                if let Some(old) = data.self_id {
+                    if let Some(PeerInfo::User { is_self, .. }) =
+                        data.session.peer_infos.get_mut(&old)
+                    {
+                        *is_self = Some(false);
+                    }
+                }
                 data.self_id = Some(id);
             }
             if changed || new_owner {

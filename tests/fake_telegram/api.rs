@@ -38,6 +38,10 @@ const WITHOUT_AUTHORIZATION: &[&str] = &[
     "help.getConfig",
     "help.getNearestDc",
     "auth.importAuthorization",
+    "auth.sendCode",
+    "auth.signIn",
+    "account.getPassword",
+    "auth.checkPassword",
 ];
 
 /// One decoded call: its method name, the wrapped query, and what the log says about it.
@@ -378,6 +382,40 @@ pub fn answer(
                 gate!();
                 resolve_username(world, &r.username)?
             }
+            f::auth::SendCode::CONSTRUCTOR_ID => {
+                let r: f::auth::SendCode = decode(q)?;
+                log.insert("phone".into(), json!(r.phone_number));
+                gate!();
+                send_code(world, caller, &r.phone_number, log)?
+            }
+            f::auth::SignIn::CONSTRUCTOR_ID => {
+                let r: f::auth::SignIn = decode(q)?;
+                log.insert("phone".into(), json!(r.phone_number));
+                log.insert("phone_code_hash".into(), json!(r.phone_code_hash));
+                log.insert("code".into(), json!(r.phone_code));
+                gate!();
+                sign_in(world, caller, &r)?
+            }
+            f::account::GetPassword::CONSTRUCTOR_ID => {
+                gate!();
+                get_password(world, log)?
+            }
+            f::auth::CheckPassword::CONSTRUCTOR_ID => {
+                let r: f::auth::CheckPassword = decode(q)?;
+                gate!();
+                check_password(world, caller, &r.password, log)?
+            }
+            f::messages::GetHistory::CONSTRUCTOR_ID => {
+                let r: f::messages::GetHistory = decode(q)?;
+                log.insert("peer".into(), peer_json(&r.peer));
+                log.insert("offset_id".into(), json!(r.offset_id));
+                log.insert("limit".into(), json!(r.limit));
+                log.insert("min_id".into(), json!(r.min_id));
+                log.insert("max_id".into(), json!(r.max_id));
+                gate!();
+                let peer = world.peer_of_input(&r.peer).map_err(err)?;
+                history(world, peer, &r).to_bytes()
+            }
             _ => {
                 gate!();
                 return Err(Answer::Error(400, "INPUT_METHOD_INVALID".into()));
@@ -535,6 +573,11 @@ fn channel_difference(world: &World, id: i64, pts: i32) -> tl::enums::updates::C
         }
         .into();
     }
+    let pending = b.log.iter().filter(|(p, _)| *p > pts).count();
+    let over = world.scenario.server.channel_too_long_over;
+    if over > 0 && pending > over {
+        return channel_difference_too_long(world, id);
+    }
     let mut new_messages = Vec::new();
     let mut other_updates = Vec::new();
     let mut msgs = Vec::new();
@@ -554,6 +597,60 @@ fn channel_difference(world: &World, id: i64, pts: i32) -> tl::enums::updates::C
         timeout: Some(30),
         new_messages,
         other_updates,
+        chats,
+        users,
+    }
+    .into()
+}
+
+/// `updates.channelDifferenceTooLong`: the supergroup's dialog (with its current pts) and its
+/// newest message, nothing of what came in between — the client is to fetch the history.
+fn channel_difference_too_long(world: &World, id: i64) -> tl::enums::updates::ChannelDifference {
+    let peer = Peer::Channel(id);
+    let newest = world
+        .messages
+        .iter()
+        .filter(|m| m.peer == peer)
+        .max_by_key(|m| m.id);
+    let top = newest.map_or(0, |m| m.id);
+    let pts = world.channels.get(&id).map_or(1, |b| b.pts);
+    let (users, chats) = world.peers_of(newest);
+    tl::types::updates::ChannelDifferenceTooLong {
+        r#final: true,
+        timeout: Some(30),
+        dialog: tl::types::Dialog {
+            pinned: false,
+            unread_mark: false,
+            view_forum_as_messages: false,
+            peer: peer.tl(),
+            top_message: top,
+            read_inbox_max_id: 0,
+            read_outbox_max_id: top,
+            unread_count: 0,
+            unread_mentions_count: 0,
+            unread_reactions_count: 0,
+            unread_poll_votes_count: 0,
+            notify_settings: tl::types::PeerNotifySettings {
+                show_previews: None,
+                silent: None,
+                mute_until: None,
+                ios_sound: None,
+                android_sound: None,
+                other_sound: None,
+                stories_muted: None,
+                stories_hide_sender: None,
+                stories_ios_sound: None,
+                stories_android_sound: None,
+                stories_other_sound: None,
+            }
+            .into(),
+            pts: Some(pts),
+            draft: None,
+            folder_id: None,
+            ttl_period: None,
+        }
+        .into(),
+        messages: newest.map(|m| world.tl_message(m)).into_iter().collect(),
         chats,
         users,
     }
@@ -700,6 +797,7 @@ fn send_message(
         date: now(),
         edit_date: None,
         media: None,
+        topic: None,
     };
     let update = world.add_message(msg);
     let (id, pts, date) = match &update {
@@ -801,4 +899,217 @@ fn resolve_username(world: &World, username: &str) -> Result<Vec<u8>, Answer> {
         })
         .to_bytes(),
     )
+}
+
+// ---- logging in -----------------------------------------------------------------------------
+
+fn digits(phone: &str) -> String {
+    phone.chars().filter(char::is_ascii_digit).collect()
+}
+
+/// `auth.sendCode`: a new code (and hash) for the scenario's phone, on the data center the
+/// account lives in; elsewhere 303 PHONE_MIGRATE_<dc>, as Telegram answers.
+fn send_code(
+    world: &mut World,
+    caller: &Caller,
+    phone: &str,
+    log: &mut serde_json::Map<String, Value>,
+) -> Result<Vec<u8>, Answer> {
+    let login = world
+        .scenario
+        .login
+        .clone()
+        .ok_or_else(|| err("PHONE_NUMBER_INVALID"))?;
+    if digits(phone).is_empty() || digits(phone) != digits(&login.phone) {
+        return Err(err("PHONE_NUMBER_INVALID"));
+    }
+    let dc = login.phone_dc.unwrap_or(world.home_dc);
+    if caller.dc != dc {
+        return Err(Answer::Error(303, format!("PHONE_MIGRATE_{dc}")));
+    }
+    let sign_in = &mut world.sign_in;
+    sign_in.codes_sent += 1;
+    let hash = format!("code-hash-{}", sign_in.codes_sent);
+    sign_in.code_hash = Some(hash.clone());
+    sign_in.code_expired = sign_in.codes_sent <= login.expired_codes;
+    log.insert("phone_code_hash".into(), json!(hash));
+    Ok(tl::enums::auth::SentCode::from(tl::types::auth::SentCode {
+        r#type: tl::types::auth::SentCodeTypeApp {
+            length: login.code.len() as i32,
+        }
+        .into(),
+        phone_code_hash: hash,
+        next_type: None,
+        timeout: None,
+    })
+    .to_bytes())
+}
+
+/// The owner is logged in on `dc` from now on (the account's home).
+fn authorize(world: &mut World, dc: i32) -> Vec<u8> {
+    if !world.authorized.contains(&dc) {
+        world.authorized.push(dc);
+    }
+    world.home_dc = dc;
+    world.sign_in.code_hash = None;
+    world.sign_in.password_dc = None;
+    tl::enums::auth::Authorization::from(tl::types::auth::Authorization {
+        setup_password_required: false,
+        otherwise_relogin_days: None,
+        tmp_sessions: None,
+        future_auth_token: None,
+        user: world.tl_user(world.owner_id()),
+    })
+    .to_bytes()
+}
+
+/// `auth.signIn`: the latest code's hash and the right code log in — unless the code has
+/// expired (PHONE_CODE_EXPIRED) or the account has a cloud password (401
+/// SESSION_PASSWORD_NEEDED, then `auth.checkPassword` on this connection's data center).
+fn sign_in(
+    world: &mut World,
+    caller: &Caller,
+    r: &tl::functions::auth::SignIn,
+) -> Result<Vec<u8>, Answer> {
+    let login = world
+        .scenario
+        .login
+        .clone()
+        .ok_or_else(|| err("PHONE_NUMBER_INVALID"))?;
+    if digits(&r.phone_number) != digits(&login.phone) {
+        return Err(err("PHONE_NUMBER_INVALID"));
+    }
+    if world.sign_in.code_hash.as_deref() != Some(r.phone_code_hash.as_str()) {
+        return Err(err("PHONE_CODE_EXPIRED"));
+    }
+    let code = r.phone_code.clone().unwrap_or_default();
+    if code.trim().is_empty() {
+        return Err(err("PHONE_CODE_EMPTY"));
+    }
+    if world.sign_in.code_expired {
+        return Err(err("PHONE_CODE_EXPIRED"));
+    }
+    if code != login.code {
+        return Err(err("PHONE_CODE_INVALID"));
+    }
+    if login.password.is_some() {
+        world.sign_in.code_hash = None;
+        world.sign_in.password_dc = Some(caller.dc);
+        return Err(Answer::Error(401, "SESSION_PASSWORD_NEEDED".into()));
+    }
+    Ok(authorize(world, caller.dc))
+}
+
+/// `account.getPassword`: a fresh SRP challenge for the scenario's password.
+fn get_password(
+    world: &mut World,
+    log: &mut serde_json::Map<String, Value>,
+) -> Result<Vec<u8>, Answer> {
+    let login = world
+        .scenario
+        .login
+        .clone()
+        .ok_or_else(|| err("PASSWORD_EMPTY"))?;
+    let Some(password) = &login.password else {
+        return Err(err("PASSWORD_EMPTY"));
+    };
+    let srp_id = 9000 + world.sign_in.challenges.len() as i64;
+    let c = super::srp::Challenge::new(password, srp_id, srp_id as u64 ^ 0x5eed);
+    log.insert("srp_id".into(), json!(srp_id));
+    let answer = tl::types::account::Password {
+        has_recovery: false,
+        has_secure_values: false,
+        has_password: true,
+        current_algo: Some(
+            tl::types::PasswordKdfAlgoSha256Sha256Pbkdf2Hmacsha512iter100000Sha256ModPow {
+                salt1: c.salt1.clone(),
+                salt2: c.salt2.clone(),
+                g: super::srp::G,
+                p: super::srp::p_bytes(),
+            }
+            .into(),
+        ),
+        srp_b: Some(c.srp_b.clone()),
+        srp_id: Some(srp_id),
+        hint: login.hint.clone(),
+        email_unconfirmed_pattern: None,
+        new_algo: tl::enums::PasswordKdfAlgo::Unknown,
+        new_secure_algo: tl::enums::SecurePasswordKdfAlgo::Unknown,
+        secure_random: c.secure_random.clone(),
+        pending_reset_date: None,
+        login_email_pattern: None,
+    };
+    world.sign_in.challenges.push(c);
+    Ok(tl::enums::account::Password::from(answer).to_bytes())
+}
+
+/// `auth.checkPassword`: the SRP proof checked against the password the server knows.
+fn check_password(
+    world: &mut World,
+    caller: &Caller,
+    input: &tl::enums::InputCheckPasswordSrp,
+    log: &mut serde_json::Map<String, Value>,
+) -> Result<Vec<u8>, Answer> {
+    let tl::enums::InputCheckPasswordSrp::Srp(srp) = input else {
+        return Err(err("PASSWORD_HASH_INVALID"));
+    };
+    log.insert("srp_id".into(), json!(srp.srp_id));
+    if world.sign_in.password_dc != Some(caller.dc) {
+        return Err(Answer::Error(401, "AUTH_KEY_UNREGISTERED".into()));
+    }
+    let Some(c) = world
+        .sign_in
+        .challenges
+        .iter()
+        .find(|c| c.srp_id == srp.srp_id)
+    else {
+        return Err(err("SRP_ID_INVALID"));
+    };
+    if !c.check(&srp.a, &srp.m1) {
+        log.insert("proof".into(), json!("wrong"));
+        return Err(err("PASSWORD_HASH_INVALID"));
+    }
+    log.insert("proof".into(), json!("right"));
+    Ok(authorize(world, caller.dc))
+}
+
+/// `messages.getHistory`: a chat's messages, newest first, below `offset_id` (0: from the
+/// newest), above `min_id`, at most `limit`.
+fn history(
+    world: &World,
+    peer: Peer,
+    r: &tl::functions::messages::GetHistory,
+) -> tl::enums::messages::Messages {
+    let mut found: Vec<&super::world::Msg> = world
+        .messages
+        .iter()
+        .filter(|m| m.peer == peer)
+        .filter(|m| r.offset_id == 0 || m.id < r.offset_id)
+        .filter(|m| r.max_id == 0 || m.id < r.max_id)
+        .filter(|m| m.id > r.min_id)
+        .collect();
+    found.sort_by_key(|m| std::cmp::Reverse(m.id));
+    found.truncate(r.limit.clamp(1, 100) as usize);
+    let messages = found.iter().map(|m| world.tl_message(m)).collect();
+    let (users, chats) = world.peers_of(found.iter().copied());
+    match peer {
+        Peer::Channel(id) => tl::types::messages::ChannelMessages {
+            inexact: false,
+            pts: world.channels.get(&id).map(|b| b.pts).unwrap_or(1),
+            count: world.messages.iter().filter(|m| m.peer == peer).count() as i32,
+            offset_id_offset: None,
+            messages,
+            topics: Vec::new(),
+            chats,
+            users,
+        }
+        .into(),
+        _ => tl::types::messages::Messages {
+            messages,
+            topics: Vec::new(),
+            chats,
+            users,
+        }
+        .into(),
+    }
 }

@@ -26,6 +26,34 @@ pub struct Scenario {
     /// Misbehaviour on chosen calls.
     #[serde(default)]
     pub faults: Vec<Fault>,
+    /// When present, the owner is not logged in yet: `voice-transcriber login` signs in
+    /// with the phone, code and password named here.
+    #[serde(default)]
+    pub login: Option<Login>,
+}
+
+/// A login still to be made (`[login]`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Login {
+    /// The owner's phone number as typed (digits compared, other characters ignored).
+    pub phone: String,
+    /// The code every `auth.sendCode` "sends".
+    pub code: String,
+    /// The cloud password (two-step verification); none: the account has none.
+    #[serde(default)]
+    pub password: Option<String>,
+    /// The password's hint.
+    #[serde(default)]
+    pub hint: Option<String>,
+    /// The data center the account lives in; `auth.sendCode` elsewhere answers
+    /// 303 PHONE_MIGRATE_<dc>. Default: the home one.
+    #[serde(default)]
+    pub phone_dc: Option<i32>,
+    /// The first this many codes sent have expired by the time they are typed:
+    /// `auth.signIn` answers PHONE_CODE_EXPIRED even for the right code.
+    #[serde(default)]
+    pub expired_codes: u32,
 }
 
 /// The logged-in account.
@@ -65,6 +93,10 @@ pub struct Server {
     pub check_salt: bool,
     /// Most updates one `updates.getDifference` returns; more come as `differenceSlice`s.
     pub difference_limit: usize,
+    /// A supergroup with more than this many updates pending answers
+    /// `updates.getChannelDifference` with `updates.channelDifferenceTooLong` (its dialog and
+    /// newest message only), as Telegram does past the request's limit; 0: never.
+    pub channel_too_long_over: usize,
 }
 
 impl Default for Server {
@@ -76,6 +108,7 @@ impl Default for Server {
             gzip_over: 1024,
             check_salt: true,
             difference_limit: 100,
+            channel_too_long_over: 0,
         }
     }
 }
@@ -158,6 +191,9 @@ pub struct Chat {
     /// an earlier run, so the client catches up on it with `updates.getChannelDifference`.
     #[serde(default = "yes")]
     pub known: bool,
+    /// Supergroups: a forum (a group with topics).
+    #[serde(default)]
+    pub forum: bool,
 }
 
 fn one_pts() -> i32 {
@@ -208,6 +244,12 @@ pub struct Message {
     /// How a live text message is pushed.
     #[serde(default)]
     pub form: Form,
+    /// Supergroups with topics: the id of the first message of the forum topic this message
+    /// is posted in. Its reply header then carries `forum_topic`, as Telegram sends it: a
+    /// plain message in a topic "replies" to the topic's first message, a real reply names
+    /// the topic in `reply_to_top_id`.
+    #[serde(default)]
+    pub topic: Option<i32>,
 }
 
 /// The shape of a pushed message.

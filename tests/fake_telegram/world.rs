@@ -77,6 +77,8 @@ pub struct Msg {
     pub date: i32,
     pub edit_date: Option<i32>,
     pub media: Option<Doc>,
+    /// The forum topic (its first message's id) the message is posted in.
+    pub topic: Option<i32>,
 }
 
 /// One supergroup's own message ids, `pts` and update log.
@@ -114,6 +116,23 @@ pub struct World {
     /// File references that expired (a FILE_REFERENCE_EXPIRED fault): `upload.getFile` with one
     /// of them answers FILE_REFERENCE_EXPIRED until the client fetches the message again.
     pub expired_references: Vec<Vec<u8>>,
+    /// Where a login (`[login]` in the scenario) stands.
+    pub sign_in: SignIn,
+}
+
+/// A login in progress.
+#[derive(Debug, Default)]
+pub struct SignIn {
+    /// Codes sent so far.
+    pub codes_sent: u32,
+    /// The hash of the latest code sent, until it is used.
+    pub code_hash: Option<String>,
+    /// The latest code has expired.
+    pub code_expired: bool,
+    /// The data center whose key passed the code and waits for the cloud password.
+    pub password_dc: Option<i32>,
+    /// Every password challenge handed out.
+    pub challenges: Vec<super::srp::Challenge>,
 }
 
 impl World {
@@ -121,6 +140,7 @@ impl World {
     pub fn new(scenario: Scenario) -> Result<World, String> {
         let home_dc = scenario.server.home_dc;
         let pts = scenario.server.pts;
+        let scenario_login = scenario.login.is_some();
         let mut channels = HashMap::new();
         for c in scenario
             .chats
@@ -147,10 +167,16 @@ impl World {
             next_id: 1,
             next_doc_id: 5_000_000_000_000_000_001,
             calls: HashMap::new(),
-            authorized: vec![home_dc],
+            // With a login still to make, the owner is logged in nowhere yet.
+            authorized: if scenario_login {
+                Vec::new()
+            } else {
+                vec![home_dc]
+            },
             exported: Vec::new(),
             random_ids: HashMap::new(),
             expired_references: Vec::new(),
+            sign_in: SignIn::default(),
         };
         let offline: Vec<scenario::Message> = world
             .scenario
@@ -282,6 +308,7 @@ impl World {
             date: now(),
             edit_date: None,
             media,
+            topic: m.topic,
         };
         Ok(self.add_message(msg))
     }
@@ -582,7 +609,7 @@ impl World {
                 noforwards: false,
                 join_to_send: false,
                 join_request: false,
-                forum: false,
+                forum: c.forum,
                 stories_hidden: false,
                 stories_hidden_min: false,
                 stories_unavailable: false,
@@ -743,17 +770,18 @@ impl World {
             Peer::User(_) => None,
             _ => Some(Peer::User(m.from).tl()),
         };
-        let reply_to = m.reply_to.map(|id| {
+        let reply_to = m.reply_to.or(m.topic).map(|id| {
             tl::types::MessageReplyHeader {
                 reply_to_scheduled: false,
-                forum_topic: false,
+                forum_topic: m.topic.is_some(),
                 quote: false,
                 reply_to_ephemeral: false,
                 reply_to_msg_id: Some(id),
                 reply_to_peer_id: None,
                 reply_from: None,
                 reply_media: None,
-                reply_to_top_id: None,
+                // Only a real reply inside a topic names the topic separately.
+                reply_to_top_id: m.topic.filter(|_| m.reply_to.is_some()),
                 quote_text: None,
                 quote_entities: None,
                 quote_offset: None,
