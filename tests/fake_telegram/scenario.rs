@@ -208,6 +208,10 @@ pub struct Message {
     /// How a live text message is pushed.
     #[serde(default)]
     pub form: Form,
+    /// Deleted as soon as it is delivered: the update arrives, but fetching the message
+    /// again finds nothing (a voice deleted before the daemon got to it).
+    #[serde(default)]
+    pub deleted: bool,
 }
 
 /// The shape of a pushed message.
