@@ -23,7 +23,7 @@
 //! Around them: [`state`] (what the owner changed at runtime: tracked people, model,
 //! language), [`config`] (the file the owner writes once), [`shutdown`] (the stop signal passed
 //! down to every loop), [`messenger`] (the narrow interface to Telegram, implemented by
-//! [`crate::telegram`] and by the [`localchat`] stand-in), [`fsutil`] (crash-safe writes).
+//! [`crate::telegram`]), [`fsutil`] (crash-safe writes).
 //!
 //! The three loops — receiver, worker, heartbeat — share one current-thread runtime and one
 //! [`Daemon`], and [`Daemon::run`] joins them.
@@ -33,7 +33,6 @@ pub mod config;
 pub mod fsutil;
 pub mod heartbeat;
 pub mod inference;
-pub mod localchat;
 pub mod messenger;
 pub mod notify;
 pub mod receiver;
