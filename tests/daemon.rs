@@ -779,7 +779,7 @@ fn sigkill_soak_loses_and_duplicates_nothing() {
         .iter()
         .filter(|id| dc.replies_in("ann", **id).iter().any(|t| !jfk_ok(t)))
         .count();
-    let count_mode = |m: &str| modes.iter().filter(|x| **x == *m).count();
+    let count_mode = |m: &str| modes.iter().filter(|x| **x == m).count();
     eprintln!(
         "SIGKILL soak (seed {seed}): {} voices ({offline} caught up at start), {} kills \
          ({} after a catch-up request, {} after a download request, {} at random moments) \

@@ -7,7 +7,7 @@ mod common;
 mod fake_telegram;
 mod harness;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
