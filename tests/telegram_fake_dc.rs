@@ -5,81 +5,20 @@
 
 mod common;
 mod fake_telegram;
+mod harness;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use fake_telegram::{FakeDc, Scenario};
+use harness::{
+    jfk, jfk_ok, jfk_wav, live_voice, pushed_id, reply_to, scenario, user_of, Daemon, ANN, BOB,
+    FAMILY, OWNER,
+};
 use serde_json::Value;
 use voice_transcriber::daemon::messenger::{Connection, MediaKind, Messenger};
 use voice_transcriber::telegram::{self, TelegramOptions};
-
-const OWNER: i64 = 1000;
-const ANN: i64 = 111;
-const BOB: i64 = 222;
-/// A basic group with Ann and Bob.
-const FAMILY: i64 = 500;
-
-fn jfk() -> PathBuf {
-    common::root().join("tests/data/audio_jfk_ask_not.ogg")
-}
-
-/// The people of every scenario here; `messages` is appended.
-fn scenario(messages: &str) -> Scenario {
-    let text = format!(
-        r#"
-[owner]
-id = {OWNER}
-first_name = "Olga"
-username = "olga"
-
-[[users]]
-key = "ann"
-id = {ANN}
-access_hash = 5555
-first_name = "Ann"
-username = "ann"
-contact = true
-tracked = true
-
-[[users]]
-key = "bob"
-id = {BOB}
-access_hash = 6666
-first_name = "Bob"
-
-[[chats]]
-key = "family"
-kind = "group"
-id = {FAMILY}
-title = "Family"
-members = ["ann", "bob"]
-
-{messages}
-"#
-    );
-    Scenario::from_toml(&text, &common::root()).unwrap_or_else(|e| panic!("scenario: {e}"))
-}
-
-/// Lower case, letters and digits only, single spaces: for comparing transcripts.
-fn words(text: &str) -> String {
-    text.to_lowercase()
-        .chars()
-        .map(|c| if c.is_alphanumeric() { c } else { ' ' })
-        .collect::<String>()
-        .split_whitespace()
-        .collect::<Vec<_>>()
-        .join(" ")
-}
-
-fn jfk_ok(text: &str) -> bool {
-    words(text).contains("ask not what your country can do for you")
-}
-
-fn user_of(entry: &Value) -> Option<i64> {
-    entry["peer"]["user"].as_i64()
-}
 
 // ---- the protocol itself --------------------------------------------------------------------
 
@@ -268,174 +207,6 @@ duration_s = 11
 
 // ---- the daemon end to end ------------------------------------------------------------------
 
-/// The real binary, run against a fake data center.
-struct Daemon {
-    dir: tempfile::TempDir,
-    child: Option<Child>,
-}
-
-impl Daemon {
-    /// Writes the state directory for `dc` and starts `voice-transcriber --state-dir DIR run`.
-    fn start(dc: &FakeDc) -> Daemon {
-        Daemon::start_with(dc, "")
-    }
-
-    /// [`Daemon::start`] with more config (tables after the top-level keys).
-    fn start_with(dc: &FakeDc, more_config: &str) -> Daemon {
-        let dir = tempfile::tempdir().unwrap();
-        common::model_dir("tiny.en");
-        let config = dc
-            .write_state_dir(
-                dir.path(),
-                &format!(
-                    "model = \"tiny.en\"\nthreads = 2\nnice = 0\nmodels_dir = {:?}\n{more_config}",
-                    common::root().join("models/cache")
-                ),
-            )
-            .unwrap();
-        let log = std::fs::File::create(dir.path().join("daemon.log")).unwrap();
-        let child = Command::new(common::bin())
-            .arg("--state-dir")
-            .arg(dir.path())
-            .arg("--config")
-            .arg(&config)
-            .arg("run")
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .unwrap();
-        Daemon {
-            dir,
-            child: Some(child),
-        }
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("daemon.log")).unwrap_or_default()
-    }
-
-    /// Starts the binary again on the same state directory (session, spool, state as the last
-    /// run left them); the log goes on in the same file.
-    fn restart(&mut self) {
-        assert!(self.child.is_none(), "stop or kill the daemon first");
-        let log = std::fs::OpenOptions::new()
-            .append(true)
-            .open(self.dir.path().join("daemon.log"))
-            .unwrap();
-        let child = Command::new(common::bin())
-            .arg("--state-dir")
-            .arg(self.dir.path())
-            .arg("--config")
-            .arg(self.dir.path().join("config.toml"))
-            .arg("run")
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .unwrap();
-        self.child = Some(child);
-    }
-
-    /// SIGKILL: no chance to save anything.
-    fn kill(&mut self) {
-        let mut child = self.child.take().unwrap();
-        child.kill().unwrap();
-        child.wait().unwrap();
-    }
-
-    /// Panics with both logs.
-    fn fail(&self, dc: &FakeDc, why: &str) -> ! {
-        panic!(
-            "{why}\n--- daemon log:\n{}\n--- fake data center log:\n{}",
-            self.log(),
-            dc.log_text()
-        );
-    }
-
-    /// Waits for `found` in the fake's log; panics with both logs after `secs`.
-    fn wait<T>(
-        &mut self,
-        dc: &FakeDc,
-        secs: u64,
-        what: &str,
-        found: impl Fn(&[Value]) -> Option<T>,
-    ) -> T {
-        let deadline = Instant::now() + Duration::from_secs(secs);
-        loop {
-            if let Some(t) = found(&dc.log()) {
-                return t;
-            }
-            if Instant::now() > deadline {
-                self.fail(dc, &format!("timed out after {secs} s waiting for {what}"));
-            }
-            if let Some(status) = self
-                .child
-                .as_mut()
-                .and_then(|c| c.try_wait().ok().flatten())
-            {
-                self.fail(dc, &format!("daemon exited: {status}"));
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    }
-
-    /// SIGTERM, then the exit status (killed and failed after 30 s). With FAKE_DC_DUMP set,
-    /// both logs are printed first (see them with `-- --nocapture`).
-    fn stop(&mut self, dc: &FakeDc) -> ExitStatus {
-        if std::env::var_os("FAKE_DC_DUMP").is_some() {
-            eprintln!(
-                "--- fake data center log:\n{}\n--- daemon log:\n{}",
-                dc.log_text(),
-                self.log()
-            );
-        }
-        let mut child = self.child.take().unwrap();
-        let pid = nix::unistd::Pid::from_raw(child.id() as i32);
-        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if let Some(status) = child.try_wait().unwrap() {
-                return status;
-            }
-            if Instant::now() > deadline {
-                let _ = child.kill();
-                let _ = child.wait();
-                self.fail(dc, "the daemon did not stop within 30 s of SIGTERM");
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
-/// The first `messages.sendMessage` answering `to`, as (text, whole entry).
-fn reply_to(log: &[Value], to: i64) -> Option<(String, Value)> {
-    log.iter()
-        .find(|e| e["method"] == "messages.sendMessage" && e["reply_to"] == to)
-        .map(|e| {
-            (
-                e["message"].as_str().unwrap_or_default().to_string(),
-                e.clone(),
-            )
-        })
-}
-
-/// The id a pushed or offline message got, by its text.
-fn pushed_id(log: &[Value], text: &str) -> Option<i64> {
-    log.iter()
-        .find(|e| e["event"] == "push" && e["text"] == text)
-        .and_then(|e| e["id"].as_i64())
-}
-
 #[test]
 fn daemon_answers_the_owners_status_command_by_editing_it() {
     let dc = FakeDc::start(
@@ -601,23 +372,6 @@ fn sigterm_stops_the_connected_daemon_cleanly() {
         .unwrap();
     assert!(session.is_logged_in());
     assert_eq!(session.self_user_id(), Some(OWNER));
-}
-
-/// A live voice message from Ann, plus `extra` (faults).
-fn live_voice(extra: &str) -> Scenario {
-    scenario(&format!(
-        r#"
-[[messages]]
-chat = "ann"
-after_s = 0.5
-[messages.voice]
-file = {:?}
-duration_s = 11
-
-{extra}
-"#,
-        jfk()
-    ))
 }
 
 #[test]
@@ -850,31 +604,6 @@ after_s = 1.0
     assert_eq!(daemon.stop(&dc).code(), Some(0), "{}", daemon.log());
 }
 
-/// The JFK clip as a 16 kHz mono 32-bit float WAV: about 700 KB, more than one 512 KiB part.
-fn jfk_wav(dir: &Path) -> PathBuf {
-    let samples = voice_transcriber::whisper::audio::decode_file(&jfk()).unwrap();
-    let data_len = (samples.len() * 4) as u32;
-    let mut wav = Vec::with_capacity(44 + data_len as usize);
-    wav.extend_from_slice(b"RIFF");
-    wav.extend_from_slice(&(36 + data_len).to_le_bytes());
-    wav.extend_from_slice(b"WAVEfmt ");
-    wav.extend_from_slice(&16u32.to_le_bytes());
-    wav.extend_from_slice(&3u16.to_le_bytes()); // IEEE float
-    wav.extend_from_slice(&1u16.to_le_bytes()); // mono
-    wav.extend_from_slice(&16_000u32.to_le_bytes());
-    wav.extend_from_slice(&(16_000u32 * 4).to_le_bytes());
-    wav.extend_from_slice(&4u16.to_le_bytes());
-    wav.extend_from_slice(&32u16.to_le_bytes());
-    wav.extend_from_slice(b"data");
-    wav.extend_from_slice(&data_len.to_le_bytes());
-    for s in samples {
-        wav.extend_from_slice(&s.to_le_bytes());
-    }
-    let path = dir.join("jfk.wav");
-    std::fs::write(&path, wav).unwrap();
-    path
-}
-
 #[test]
 fn a_voice_bigger_than_one_part_is_downloaded_in_parts_that_grow_on_a_fast_link() {
     let clips = tempfile::tempdir().unwrap();
@@ -938,12 +667,7 @@ fn voices_caught_up_in_one_batch_survive_a_sigkill_and_are_each_answered_once() 
     daemon.wait(&dc, 180, "the first reply", |log| reply_to(log, 41));
     // Kill once the first job is recorded as done. (Killed between the reply and that record,
     // the daemon answers 41 a second time after the restart: delivery is at least once.)
-    daemon.wait(&dc, 30, "the first job recorded as done", |_| {
-        common::spool_on_disk(daemon.dir.path())
-            .done
-            .contains(&(ANN, 41))
-            .then_some(())
-    });
+    daemon.wait_done(&dc, 30, ANN, 41);
     daemon.kill();
     daemon.restart();
     daemon.wait(&dc, 240, "replies to all three", |log| {
@@ -1232,12 +956,7 @@ fn a_catch_up_batch_cut_short_by_a_sigkill_is_fetched_again_and_every_voice_answ
             .cloned()
     });
     daemon.wait(&dc, 180, "the first reply", |log| reply_to(log, 41));
-    daemon.wait(&dc, 30, "the first job recorded as done", |_| {
-        common::spool_on_disk(daemon.dir.path())
-            .done
-            .contains(&(ANN, 41))
-            .then_some(())
-    });
+    daemon.wait_done(&dc, 30, ANN, 41);
     // The receiver is still stuck on the command: nothing after it was spooled.
     let jobs = common::spool_on_disk(daemon.dir.path()).pending;
     assert!(
@@ -1304,12 +1023,7 @@ action = "process_then_drop"
     assert_eq!(first.1["fault"], "ProcessThenDrop", "{}", first.1);
     assert_eq!(first.1["processed"], true, "{}", first.1);
     // Give a resend, or a second attempt at the whole job, time to happen.
-    daemon.wait(&dc, 60, "the job recorded as done", |_| {
-        common::spool_on_disk(daemon.dir.path())
-            .done
-            .contains(&(ANN, id))
-            .then_some(())
-    });
+    daemon.wait_done(&dc, 60, ANN, id);
     std::thread::sleep(Duration::from_secs(5));
     let replies = dc.replies_in("ann", id as i32);
     assert_eq!(
@@ -1548,7 +1262,7 @@ delay_s = 0.4
     )
     .unwrap();
     // Two attempts: the one the kill cuts short, and the one that meets the non-audio.
-    let mut daemon = Daemon::start_with(&dc, "[transcribe]\nmax_attempts = 2");
+    let mut daemon = Daemon::start_with(&dc, "[transcribe]\nmax_attempts = 2", &[]);
     let started = Instant::now();
     let id = daemon.wait(&dc, 60, "the voice push", |log| {
         log.iter()
@@ -1626,16 +1340,6 @@ fn daemon_config() -> String {
         "model = \"tiny.en\"\nthreads = 2\nnice = 0\nmodels_dir = {:?}",
         common::root().join("models/cache")
     )
-}
-
-impl Daemon {
-    /// Starts `voice-transcriber run` on a state directory prepared elsewhere (by `login`).
-    fn start_in(dir: tempfile::TempDir) -> Daemon {
-        std::fs::File::create(dir.path().join("daemon.log")).unwrap();
-        let mut daemon = Daemon { dir, child: None };
-        daemon.restart();
-        daemon
-    }
 }
 
 /// `voice-transcriber login` on a pseudo-terminal of its own (its controlling terminal, so the
@@ -1990,6 +1694,7 @@ fn voice_in_team() -> fake_telegram::scenario::Message {
             mime_type: None,
             dc: None,
             listed_dc: None,
+            size: None,
         }),
         ..Default::default()
     }

@@ -1,6 +1,6 @@
 //! The `run`, `login` and `config check` commands: the daemon's edge.
 //!
-//! Here the configuration is read, the Telegram link (or the local stand-in) opened, the
+//! Here the configuration is read, the Telegram link opened, the
 //! current-thread runtime built and the signals wired to the shutdown trigger. The exit status
 //! tells systemd what happened: 0 after a clean stop, [`EXIT_UNAUTHORIZED`] when the login is
 //! gone (the unit does not restart on it), [`EXIT_CONFIG`] for a configuration that cannot work.
@@ -13,7 +13,7 @@ use anyhow::{Context, Result};
 use voice_transcriber::daemon::config::{self, Config};
 use voice_transcriber::daemon::inference::InferenceError;
 use voice_transcriber::daemon::notify::Notifier;
-use voice_transcriber::daemon::{localchat, shutdown};
+use voice_transcriber::daemon::shutdown;
 use voice_transcriber::daemon::{Daemon, Exit};
 use voice_transcriber::telegram::{self, TelegramError};
 use voice_transcriber::whisper::catalog::{Catalog, CatalogError};
@@ -162,7 +162,7 @@ fn ask(prompt: &str) -> Result<String> {
 }
 
 /// `run`: the daemon, until a signal or a lost login.
-pub fn run(places: Places, local_chat: Option<&Path>) -> Result<u8> {
+pub fn run(places: Places) -> Result<u8> {
     let Places {
         config,
         state_dir,
@@ -176,44 +176,30 @@ pub fn run(places: Places, local_chat: Option<&Path>) -> Result<u8> {
         let (trigger, stop) = shutdown::channel();
         let trigger = Rc::new(trigger);
         watch_signals(Rc::clone(&trigger))?;
-        let exit = match local_chat {
-            Some(dir) => {
-                let (tg, mut updates) = localchat::open(dir)
-                    .with_context(|| format!("local chat {}", dir.display()))?;
-                let daemon = match start(config, state_dir, catalog) {
-                    Ok(d) => d,
-                    Err(code) => return Ok(code),
-                };
-                daemon.run(&mut updates, tg, &notifier, &trigger, stop).await
-            }
-            None => {
-                let (api_id, _) = match config.credentials() {
-                    Ok(c) => c,
-                    Err(e) => {
-                        eprintln!("error: {e}");
-                        return Ok(EXIT_CONFIG);
-                    }
-                };
-                let session = telegram::session_path(&state_dir);
-                let (tg, mut updates) = match telegram::open(api_id, &session).await {
-                    Ok(link) => link,
-                    Err(e @ TelegramError::NotLoggedIn(_)) => {
-                        eprintln!("error: {e}");
-                        return Ok(EXIT_UNAUTHORIZED);
-                    }
-                    Err(e) => return Err(e.into()),
-                };
-                let daemon = match start(config, state_dir, catalog) {
-                    Ok(d) => d,
-                    Err(code) => return Ok(code),
-                };
-                let exit = daemon.run(&mut updates, tg, &notifier, &trigger, stop).await;
-                if let Err(e) = updates.close().await {
-                    log::warn!("closing the Telegram connection: {e}");
-                }
-                exit
+        let (api_id, _) = match config.credentials() {
+            Ok(c) => c,
+            Err(e) => {
+                eprintln!("error: {e}");
+                return Ok(EXIT_CONFIG);
             }
         };
+        let session = telegram::session_path(&state_dir);
+        let (tg, mut updates) = match telegram::open(api_id, &session).await {
+            Ok(link) => link,
+            Err(e @ TelegramError::NotLoggedIn(_)) => {
+                eprintln!("error: {e}");
+                return Ok(EXIT_UNAUTHORIZED);
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let daemon = match start(config, state_dir, catalog) {
+            Ok(d) => d,
+            Err(code) => return Ok(code),
+        };
+        let exit = daemon.run(&mut updates, tg, &notifier, &trigger, stop).await;
+        if let Err(e) = updates.close().await {
+            log::warn!("closing the Telegram connection: {e}");
+        }
         Ok(match exit {
             Exit::Stopped => {
                 log::info!("stopped");

@@ -45,11 +45,7 @@ struct Cli {
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Run the Telegram daemon (what the systemd unit starts).
-    Run {
-        /// Use a local directory in place of Telegram (tests, trials without an account).
-        #[arg(long, hide = true, value_name = "DIR")]
-        local_chat: Option<PathBuf>,
-    },
+    Run,
     /// Log in to Telegram once, interactively; the session is saved in the state directory.
     Login,
     /// Check the configuration.
@@ -255,8 +251,8 @@ fn dispatch(cli: &Cli) -> Result<u8> {
     match &cli.command {
         Command::Transcribe(args) => transcribe(cli, args).map(|ok| u8::from(!ok)),
         Command::Models(cmd) => models(cli, cmd).map(|()| 0),
-        Command::Run { local_chat } => match daemon_places() {
-            Ok(places) => daemon::run(places, local_chat.as_deref()),
+        Command::Run => match daemon_places() {
+            Ok(places) => daemon::run(places),
             Err(code) => Ok(code),
         },
         Command::Login => match daemon_places() {

@@ -27,8 +27,7 @@ pub type UserId = i64;
 pub const MAX_MESSAGE_CHARS: usize = 4096;
 
 /// What kind of audio a message carries.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "snake_case")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum MediaKind {
     /// A recorded voice message (OGG/Opus).
     Voice,
@@ -50,20 +49,18 @@ impl MediaKind {
 }
 
 /// Audio attached to a message.
-#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Media {
     /// Voice, round video or audio file.
     pub kind: MediaKind,
     /// Duration Telegram reports, in seconds (0 when unknown).
-    #[serde(default)]
     pub duration_s: f64,
     /// Size in bytes (0 when unknown).
-    #[serde(default)]
     pub size: u64,
 }
 
 /// One message as the daemon sees it.
-#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Incoming {
     /// Chat the message is in.
     pub chat: ChatId,
@@ -72,19 +69,14 @@ pub struct Incoming {
     /// Author's user id (`None` for channel posts and anonymous admins).
     pub sender: Option<UserId>,
     /// Author's display name, for logs and `/tracked`.
-    #[serde(default)]
     pub sender_name: String,
     /// True when the account owner wrote it (from any of the owner's devices).
-    #[serde(default)]
     pub outgoing: bool,
     /// Text or caption.
-    #[serde(default)]
     pub text: String,
     /// Audio the message carries, if any.
-    #[serde(default)]
     pub media: Option<Media>,
     /// The message this one replies to, in the same chat.
-    #[serde(default)]
     pub reply_to: Option<MsgId>,
 }
 

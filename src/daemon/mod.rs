@@ -24,7 +24,7 @@
 //! language), [`config`] (the file the owner writes once), [`download`] (where a message's
 //! audio is kept: memory, else the temporary directory), [`shutdown`] (the stop signal passed
 //! down to every loop), [`messenger`] (the narrow interface to Telegram, implemented by
-//! [`crate::telegram`] and by the [`localchat`] stand-in), [`fsutil`] (crash-safe writes).
+//! [`crate::telegram`]), [`fsutil`] (crash-safe writes).
 //!
 //! The three loops — receiver, worker, heartbeat — share one current-thread runtime and one
 //! [`Daemon`], and [`Daemon::run`] joins them.
@@ -35,7 +35,6 @@ pub mod download;
 pub mod fsutil;
 pub mod heartbeat;
 pub mod inference;
-pub mod localchat;
 pub mod messenger;
 pub mod notify;
 pub mod receiver;

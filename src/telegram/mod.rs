@@ -263,12 +263,6 @@ impl Shared {
         }
     }
 
-    /// Makes the update stream hand over to a new pool (see the module docs).
-    fn mark_stalled(&self) {
-        self.stalled.store(true, Ordering::SeqCst);
-        self.stall_notice.notify_one();
-    }
-
     /// Moves the account's home to data center `dc`: the login is exported from the current
     /// home and imported there (as for media on other data centers), then `dc` is saved as
     /// the home, so every request after this one goes there. The update stream follows with a

@@ -93,6 +93,8 @@
 //! form = "full"             # live texts: "full" (updates with users and chats, default) or
 //!                           # "short" (updateShortMessage / updateShortChatMessage, nothing
 //!                           # attached, as Telegram pushes plain texts)
+//! deleted = false          # true: deleted right after delivery (the update arrives, but
+//!                           # messages.getMessages finds nothing)
 //! [messages.voice]          # optional: an audio document served by upload.getFile
 //! file = "../data/audio_jfk_ask_not.ogg"   # relative to the scenario file's folder
 //! duration_s = 11
@@ -153,8 +155,14 @@
 //! auth.signIn); `srp_id`, `proof` ("right" / "wrong", auth.checkPassword); `peer`,
 //! `offset_id`, `limit`, `min_id`, `max_id` (messages.getHistory); and `layer`, `init`
 //! on the first request of a connection. Server events carry `event` instead: "connect",
-//! "disconnect", "new_session", "bad_server_salt", "synced", "push", "ping", "gzip_packed",
-//! "frozen", "key_exchange_refused".
+//! "disconnect", "new_session", "bad_server_salt", "synced", "push" (`again`: a redelivery),
+//! "ping", "gzip_packed", "frozen", "key_exchange_refused", "outage", "refused".
+//!
+//! # Events a test causes
+//! Besides the scenario's timed messages, a test holding the [`FakeDc`] can deliver a message
+//! at any moment ([`FakeDc::deliver`]), hand a stored one over again
+//! ([`FakeDc::redeliver`]), drop every connection ([`FakeDc::drop_connections`]) or take the
+//! data centers down for a while ([`FakeDc::outage`]).
 #![allow(dead_code)]
 
 pub mod api;
@@ -473,6 +481,20 @@ impl FakeDc {
     /// Closes every open connection.
     pub fn drop_connections(&self) {
         self.shared.drop_connections();
+    }
+
+    /// Pushes a stored message once more, under a new update position, as Telegram's
+    /// catch-up sometimes hands the same message over twice; returns how many connections
+    /// got it.
+    pub fn redeliver(&self, chat_key: &str, id: i32) -> Result<usize, String> {
+        self.shared.redeliver(chat_key, id)
+    }
+
+    /// An outage of `duration`: every connection is dropped and new ones are closed at once
+    /// (logged as "outage" and "refused"); messages delivered meanwhile wait for
+    /// `updates.getDifference`.
+    pub fn outage(&self, duration: Duration) {
+        self.shared.outage(Instant::now() + duration);
     }
 
     /// The texts of the owner's stored messages in a chat that reply to message `to`: what

@@ -250,6 +250,10 @@ pub struct Message {
     /// the topic in `reply_to_top_id`.
     #[serde(default)]
     pub topic: Option<i32>,
+    /// Deleted as soon as it is delivered: the update arrives, but fetching the message
+    /// again finds nothing (a voice deleted before the daemon got to it).
+    #[serde(default)]
+    pub deleted: bool,
 }
 
 /// The shape of a pushed message.

@@ -43,6 +43,8 @@ pub struct Shared {
     synced: Mutex<Option<Instant>>,
     /// Sessions seen, for `new_session_created`.
     sessions: Mutex<HashSet<i64>>,
+    /// While set and in the future, new connections are closed at once.
+    down_until: Mutex<Option<Instant>>,
 }
 
 /// A live connection that can be pushed to.
@@ -116,6 +118,7 @@ impl Shared {
             next_conn: AtomicU64::new(1),
             synced: Mutex::new(None),
             sessions: Mutex::new(HashSet::new()),
+            down_until: Mutex::new(None),
         }
     }
 
@@ -172,7 +175,13 @@ impl Shared {
                 scenario::Form::Short => world.short_updates(&update),
                 scenario::Form::Full => None,
             };
-            (short.unwrap_or_else(|| world.updates(vec![update])), id)
+            let updates = short.unwrap_or_else(|| world.updates(vec![update]));
+            if m.deleted {
+                if let Some(peer) = world.peer_of_key(&m.chat) {
+                    world.delete_message(peer, id);
+                }
+            }
+            (updates, id)
         };
         let reached = self.push(&updates);
         self.log_event(
@@ -183,12 +192,58 @@ impl Shared {
     }
 }
 
+/// The outage, the redelivery and the deletion a test can cause at any moment.
+impl Shared {
+    /// Pushes a stored message again under a new update position (see
+    /// [`World::redeliver`]); returns how many connections got it.
+    pub fn redeliver(&self, chat_key: &str, id: i32) -> Result<usize, String> {
+        let updates = {
+            let mut world = self.world.lock().unwrap();
+            let peer = world
+                .peer_of_key(chat_key)
+                .ok_or_else(|| format!("unknown chat {chat_key:?}"))?;
+            let update = world.redeliver(peer, id)?;
+            world.updates(vec![update])
+        };
+        let reached = self.push(&updates);
+        self.log_event(
+            "push",
+            json!({"chat": chat_key, "id": id, "again": true, "connections": reached}),
+        );
+        Ok(reached)
+    }
+
+    /// Drops every connection and hangs up on new ones until `until`.
+    pub fn outage(&self, until: Instant) {
+        *self.down_until.lock().unwrap() = Some(until);
+        self.log_event(
+            "outage",
+            json!({"for_s": (until - Instant::now()).as_secs_f64()}),
+        );
+        self.drop_connections();
+    }
+
+    /// True while an outage lasts.
+    fn is_down(&self) -> bool {
+        self.down_until
+            .lock()
+            .unwrap()
+            .is_some_and(|until| Instant::now() < until)
+    }
+}
+
 /// Accepts connections to data center `dc` until the task is dropped.
 pub async fn serve(shared: Arc<Shared>, listener: TcpListener, dc: i32) {
     loop {
         let Ok((stream, _)) = listener.accept().await else {
             continue;
         };
+        if shared.is_down() {
+            // An outage: the connection is closed before a byte is read.
+            shared.log_event("refused", json!({"dc": dc}));
+            drop(stream);
+            continue;
+        }
         let _ = stream.set_nodelay(true);
         let shared = Arc::clone(&shared);
         tokio::spawn(async move {

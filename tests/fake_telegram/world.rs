@@ -353,6 +353,25 @@ impl World {
         }
     }
 
+    /// Hands a stored message out once more under a new update position, as Telegram's
+    /// catch-up can (a second update for the same message id); the message stays stored once.
+    pub fn redeliver(&mut self, peer: Peer, id: i32) -> Result<tl::enums::Update, String> {
+        let msg = self
+            .messages
+            .iter()
+            .find(|m| m.peer == peer && m.id == id)
+            .cloned()
+            .ok_or_else(|| format!("no message {id} in {peer:?}"))?;
+        let update = self.add_message(msg);
+        self.messages.pop();
+        Ok(update)
+    }
+
+    /// Deletes a stored message: `messages.getMessages` finds it no more.
+    pub fn delete_message(&mut self, peer: Peer, id: i32) {
+        self.messages.retain(|m| !(m.peer == peer && m.id == id));
+    }
+
     /// Changes a message's text; returns its `updateEdit*Message`, or the RPC error.
     pub fn edit_message(
         &mut self,
