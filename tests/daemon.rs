@@ -12,6 +12,7 @@ mod common;
 mod fake_telegram;
 mod harness;
 
+use std::collections::HashMap;
 use std::os::unix::net::UnixDatagram;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
@@ -790,5 +791,192 @@ fn sigkill_soak_loses_and_duplicates_nothing() {
         twice.len(),
     );
     assert!(lost.is_empty() && twice.is_empty(), "{}", d.log());
+    assert_eq!(d.stop(&dc).code(), Some(0), "{}", d.log());
+}
+
+/// A whole-number setting of a soak from the environment.
+fn soak_setting(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// The outage soak: the fake data center refuses every connection for `OUTAGE_S` seconds
+/// (default 600) while Ann sends `OUTAGE_VOICES` voices (default 20), spread over the outage.
+/// Prints when the daemon tried to connect (seconds into the outage: its backoff), how many
+/// voices were lost or answered twice, and how long after the outage the last answer came. Run
+/// it with `cargo test --release --test daemon -- --ignored --nocapture outage_soak`.
+#[test]
+#[ignore = "a soak of over ten minutes; prints its figures"]
+fn outage_soak_answers_every_voice_sent_meanwhile() {
+    let outage = Duration::from_secs(soak_setting("OUTAGE_S", 600));
+    let n = soak_setting("OUTAGE_VOICES", 20) as u32;
+    let dc = FakeDc::start(scenario(""), None).unwrap();
+    let mut d = Daemon::start(&dc);
+    d.wait_synced(&dc);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !d.log().contains("connected to Telegram") {
+        assert!(Instant::now() < deadline, "not connected: {}", d.log());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    dc.outage(outage);
+    let down = Instant::now();
+    let mut ids = Vec::new();
+    for i in 0..n {
+        // Evenly spread, all within the outage.
+        let at = outage.mul_f64(f64::from(i) / f64::from(n));
+        std::thread::sleep(at.saturating_sub(down.elapsed()));
+        ids.push(dc.deliver(&voice("ann", "ann", &jfk(), 11.0)).unwrap());
+    }
+    let wait_until = down + outage + Duration::from_secs(900);
+    while !ids.iter().all(|id| !dc.replies_in("ann", *id).is_empty()) {
+        if Instant::now() > wait_until {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let last_answer = down.elapsed().saturating_sub(outage);
+    std::thread::sleep(Duration::from_secs(5));
+    let log = dc.log();
+    let t = |e: &Value| e["t"].as_f64().unwrap_or_default();
+    let began = log
+        .iter()
+        .find(|e| e["event"] == "outage")
+        .map(t)
+        .expect("the outage is logged");
+    // Connection attempts: refused connections, those less than a second apart counted as
+    // one attempt (a pool may open more than one).
+    let mut attempts: Vec<f64> = Vec::new();
+    for e in log.iter().filter(|e| e["event"] == "refused") {
+        let at = t(e) - began;
+        if attempts.last().is_none_or(|last| at - last > 1.0) {
+            attempts.push(at);
+        }
+    }
+    let lost = ids
+        .iter()
+        .filter(|id| dc.replies_in("ann", **id).is_empty())
+        .count();
+    let twice = ids
+        .iter()
+        .filter(|id| dc.replies_in("ann", **id).len() > 1)
+        .count();
+    let gaps: Vec<String> = std::iter::once(0.0)
+        .chain(attempts.iter().copied())
+        .collect::<Vec<_>>()
+        .windows(2)
+        .map(|w| format!("{:.0}", w[1] - w[0]))
+        .collect();
+    eprintln!(
+        "outage soak: {} s refused, {n} voices sent meanwhile → lost {lost}, answered twice \
+         {twice}; the last answer {:.0} s after the outage; {} connection attempts during it, \
+         at {:?} s, {} s apart",
+        outage.as_secs(),
+        last_answer.as_secs_f64(),
+        attempts.len(),
+        attempts
+            .iter()
+            .map(|a| a.round() as i64)
+            .collect::<Vec<_>>(),
+        gaps.join(", "),
+    );
+    assert_eq!((lost, twice), (0, 0));
+    assert_eq!(d.stop(&dc).code(), Some(0), "{}", d.log());
+}
+
+/// The flaky-link soak: for `FLAKY_S` seconds (default 600) Ann sends `FLAKY_VOICES` voices
+/// (default 50) while the fake data center drops the connection instead of answering, or
+/// never answers, a random `FLAKY_PERCENT` % (default 10) of the calls of every method the
+/// daemon uses. Prints voices lost and answered twice and the longest time from a voice to its
+/// answer. Run it with `cargo test --release --test daemon -- --ignored --nocapture
+/// flaky_link_soak`.
+#[test]
+#[ignore = "a soak of over ten minutes; prints its figures"]
+fn flaky_link_soak_loses_and_duplicates_nothing() {
+    use rand::{Rng, SeedableRng};
+    let span = Duration::from_secs(soak_setting("FLAKY_S", 600));
+    let n = soak_setting("FLAKY_VOICES", 50) as u32;
+    let percent = soak_setting("FLAKY_PERCENT", 10) as f64;
+    let seed = soak_setting("SOAK_SEED", 7);
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let methods = [
+        "updates.getState",
+        "updates.getDifference",
+        "messages.getMessages",
+        "upload.getFile",
+        "messages.sendMessage",
+        "messages.editMessage",
+        "users.getUsers",
+    ];
+    let mut faults = String::new();
+    let mut planned = 0;
+    for method in methods {
+        // More calls than the soak makes, so the rate holds to the end.
+        for call in 2..=(n as u64 * 8) {
+            if rng.random_bool(percent / 100.0) {
+                let action = if rng.random_bool(0.5) {
+                    "drop"
+                } else {
+                    "stall"
+                };
+                faults += &format!(
+                    "[[faults]]\nmethod = {method:?}\ncall = {call}\naction = {action:?}\n"
+                );
+                planned += 1;
+            }
+        }
+    }
+    let dc = FakeDc::start(scenario(&faults), None).unwrap();
+    let mut d = Daemon::start(&dc);
+    d.wait_synced(&dc);
+    let began = Instant::now();
+    let mut sent: Vec<(i32, Instant)> = Vec::new();
+    let mut answered: HashMap<i32, Instant> = HashMap::new();
+    let note_answers = |sent: &[(i32, Instant)], answered: &mut HashMap<i32, Instant>| {
+        for (id, _) in sent {
+            if !answered.contains_key(id) && !dc.replies_in("ann", *id).is_empty() {
+                answered.insert(*id, Instant::now());
+            }
+        }
+    };
+    for i in 0..n {
+        let at = span.mul_f64(f64::from(i) / f64::from(n));
+        while began.elapsed() < at {
+            note_answers(&sent, &mut answered);
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        let id = dc.deliver(&voice("ann", "ann", &jfk(), 11.0)).unwrap();
+        sent.push((id, Instant::now()));
+    }
+    let wait_until = Instant::now() + Duration::from_secs(900);
+    while answered.len() < sent.len() && Instant::now() < wait_until {
+        note_answers(&sent, &mut answered);
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    std::thread::sleep(Duration::from_secs(5));
+    let lost = sent
+        .iter()
+        .filter(|(id, _)| !answered.contains_key(id))
+        .count();
+    let twice = sent
+        .iter()
+        .filter(|(id, _)| dc.replies_in("ann", *id).len() > 1)
+        .count();
+    let longest = sent
+        .iter()
+        .filter_map(|(id, at)| Some(answered.get(id)?.duration_since(*at)))
+        .max()
+        .unwrap_or_default();
+    let log = dc.log();
+    let hit = log.iter().filter(|e| e["fault"].is_string()).count();
+    eprintln!(
+        "flaky-link soak (seed {seed}): {n} voices over {} s, {percent} % of calls dropped or \
+         stalled ({planned} planned, {hit} hit) → lost {lost}, answered twice {twice}, longest \
+         wait for an answer {:.1} s",
+        span.as_secs(),
+        longest.as_secs_f64(),
+    );
+    assert_eq!((lost, twice), (0, 0));
     assert_eq!(d.stop(&dc).code(), Some(0), "{}", d.log());
 }
