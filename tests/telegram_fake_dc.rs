@@ -413,6 +413,28 @@ error = "FLOOD_WAIT_5"
 }
 
 #[test]
+fn a_tracked_strangers_voice_is_answered_with_the_access_hash_its_update_brought() {
+    // Ann is tracked but neither in the owner's contacts nor in the session: her access hash
+    // exists only in the users list of the update that brings her voice.
+    let mut s = live_voice("");
+    let ann = s.users.iter_mut().find(|u| u.key == "ann").unwrap();
+    ann.contact = false;
+    ann.known = false;
+    let dc = FakeDc::start(s, None).unwrap();
+    let mut daemon = Daemon::start(&dc);
+    let id = daemon.wait(&dc, 60, "the voice push", |log| {
+        log.iter()
+            .find(|e| e["event"] == "push")
+            .and_then(|e| e["id"].as_i64())
+    });
+    let (text, sent) = daemon.wait(&dc, 180, "the transcript reply", |log| reply_to(log, id));
+    assert!(jfk_ok(&text), "transcript: {text}");
+    assert_eq!(sent["peer"]["user"], ANN, "{sent}");
+    assert_eq!(sent["peer"]["access_hash"], 5555, "{sent}");
+    assert_eq!(daemon.stop(&dc).code(), Some(0), "{}", daemon.log());
+}
+
+#[test]
 fn a_connection_dropped_mid_download_is_reopened_and_the_voice_still_answered() {
     let dc = FakeDc::start(
         live_voice(
