@@ -10,7 +10,9 @@
 # variants are made with:
 #   ./target/release/voice-transcriber --models-dir models/cache models quantize tiny.en --to q4_0
 # Environment: THREADS (2), EVAL_DIR (../shared/eval), MODELS_DIR (models/cache),
-# VOICE_TRANSCRIBER_BIN (target/release/voice-transcriber), KEEP (directory for the raw output).
+# VOICE_TRANSCRIBER_BIN (target/release/voice-transcriber), KEEP (directory for the raw output),
+# ARGS (more `transcribe` options, e.g. ARGS="--encoder-margin 4"), MAX_S (only clips of at most
+# this many seconds, e.g. MAX_S=30 for voice-message-sized ones).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bin=${VOICE_TRANSCRIBER_BIN:-target/release/voice-transcriber}
@@ -29,14 +31,15 @@ for model in "$@"; do
     *.en | *.en-*) want=en ;;
     *) want= ;;
   esac
-  awk -F'\t' -v want="$want" 'NR == 1 || want == "" || $2 == want' \
+  awk -F'\t' -v want="$want" -v max="${MAX_S:-0}" \
+    'NR == 1 || ((want == "" || $2 == want) && (max == 0 || $3 <= max))' \
     "$eval_dir/manifest.tsv" > "$work/$model.manifest.tsv"
   clips=$(awk -F'\t' -v dir="$eval_dir/opus" 'NR > 1 { print dir "/" $1 ".ogg" }' \
     "$work/$model.manifest.tsv")
   start=$(date +%s.%N)
-  # shellcheck disable=SC2086 # one argument per clip
+  # shellcheck disable=SC2086 # one argument per clip, and ARGS split into options
   "$bin" transcribe --models-dir "$models_dir" --model "$model" --threads "$threads" -f json \
-    $clips > "$work/$model.jsonl" 2> "$work/$model.log" ||
+    ${ARGS:-} $clips > "$work/$model.jsonl" 2> "$work/$model.log" ||
     { echo "error: $model failed, see $work/$model.log" >&2; tail -3 "$work/$model.log" >&2; continue; }
   end=$(date +%s.%N)
   python3 - "$work/$model.jsonl" > "$work/$model.hyp.tsv" <<'EOF'

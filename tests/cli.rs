@@ -372,3 +372,41 @@ fn models_import_path_list_quantize_and_offline_fetch() {
     );
     assert!(!m.join("base").exists());
 }
+
+#[test]
+fn a_trimmed_encoder_window_still_transcribes_and_encodes_fewer_frames() {
+    let models = models_dir();
+    let jfk = common::root().join("tests/data/audio_jfk_ask_not.ogg");
+    let encoded = |extra: &[&str]| {
+        let mut args = vec!["transcribe", "-f", "txt"];
+        args.extend_from_slice(extra);
+        args.push(jfk.to_str().unwrap());
+        let o = Command::new(common::bin())
+            .arg("--models-dir")
+            .arg(models.path())
+            .args(&args)
+            .env("RUST_LOG", "voice_transcriber::whisper::decode=debug")
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", stderr(&o));
+        let frames: Vec<usize> = stderr(&o)
+            .lines()
+            .filter_map(|l| l.split("encoding ").nth(1)?.split(' ').next()?.parse().ok())
+            .collect();
+        (String::from_utf8_lossy(&o.stdout).to_lowercase(), frames)
+    };
+    let (full_text, full) = encoded(&[]);
+    assert_eq!(full, vec![3000], "the full window by default");
+    let (text, trimmed) = encoded(&["--encoder-margin", "10"]);
+    // 11 s of speech and 10 s of margin: 2100 frames or so, not 3000.
+    assert!(
+        trimmed.len() == 1 && (2000..=2200).contains(&trimmed[0]),
+        "{trimmed:?}"
+    );
+    for t in [&full_text, &text] {
+        assert!(
+            t.contains("ask not what your country can do for you"),
+            "{t}"
+        );
+    }
+}

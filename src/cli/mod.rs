@@ -12,7 +12,7 @@ use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 
 use voice_transcriber::whisper::catalog::{self, Catalog};
-use voice_transcriber::whisper::decode::Options;
+use voice_transcriber::whisper::decode::{EncoderWindow, Options};
 use voice_transcriber::whisper::engine::{limit_process_threads, Engine, ThreadConfig};
 use voice_transcriber::whisper::output::{self, JsonRecord, OutputFormat};
 use voice_transcriber::whisper::{audio, mel};
@@ -84,6 +84,10 @@ struct TranscribeArgs {
     /// Do not feed previous text back as a prompt (less prone to repetition loops).
     #[arg(long)]
     no_condition: bool,
+    /// Run the encoder on a short window's audio plus this many seconds of padding, instead of
+    /// the full 30 s window: faster on short recordings, but the text can differ.
+    #[arg(long, value_name = "SECONDS")]
+    encoder_margin: Option<f32>,
     /// Input files.
     #[arg(required = true)]
     files: Vec<PathBuf>,
@@ -353,6 +357,10 @@ fn transcribe(cli: &Cli, args: &TranscribeArgs) -> Result<bool> {
             code => Some(code.to_string()),
         },
         condition_on_previous_text: !args.no_condition,
+        encoder_window: match args.encoder_margin {
+            Some(margin_s) => EncoderWindow::Trimmed { margin_s },
+            None => EncoderWindow::Full,
+        },
         ..Options::default()
     };
     let many = args.files.len() > 1;

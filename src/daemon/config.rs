@@ -72,6 +72,9 @@ pub struct Transcribe {
     pub own_messages: bool,
     /// How many times a failing job is tried before it is answered with an error.
     pub max_attempts: u32,
+    /// Seconds of padding the encoder sees after a short message's audio; unset: the full
+    /// 30 s window (see `whisper::decode::EncoderWindow`).
+    pub encoder_margin_s: Option<f32>,
 }
 
 impl Default for Transcribe {
@@ -82,6 +85,7 @@ impl Default for Transcribe {
             audio_files: true,
             own_messages: false,
             max_attempts: 3,
+            encoder_margin_s: None,
         }
     }
 }
@@ -242,6 +246,14 @@ impl Config {
         if !(0..=19).contains(&self.nice) {
             return Err(invalid("nice", "must be between 0 and 19"));
         }
+        if let Some(m) = self.transcribe.encoder_margin_s {
+            if !(0.0..=30.0).contains(&m) {
+                return Err(invalid(
+                    "transcribe.encoder_margin_s",
+                    "must be between 0 and 30 seconds",
+                ));
+            }
+        }
         if self.transcribe.max_attempts == 0 {
             return Err(invalid("transcribe.max_attempts", "must be at least 1"));
         }
@@ -364,6 +376,10 @@ mod tests {
         assert!(e.starts_with("cores"), "{e}");
         let e = load_text("nice = 40").unwrap_err();
         assert!(e.starts_with("nice"), "{e}");
+        let e = load_text("[transcribe]\nencoder_margin_s = -1.0").unwrap_err();
+        assert!(e.starts_with("transcribe.encoder_margin_s"), "{e}");
+        let c = load_text("[transcribe]\nencoder_margin_s = 10.0").unwrap();
+        assert_eq!(c.transcribe.encoder_margin_s, Some(10.0));
     }
 
     #[test]

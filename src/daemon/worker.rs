@@ -23,7 +23,7 @@ use super::reply;
 use super::shutdown::Shutdown;
 use super::spool::{Job, Key, Post, SpoolError};
 use super::{Daemon, STOP_GRACE};
-use crate::whisper::decode::Options;
+use crate::whisper::decode::{EncoderWindow, Options};
 
 /// Wait after a network error before trying a job again.
 const JOB_RETRY_DELAY: Duration = Duration::from_secs(10);
@@ -151,6 +151,10 @@ impl Daemon {
         let language = self.language();
         let opts = Options {
             language: (language != "auto").then_some(language),
+            encoder_window: match self.config.transcribe.encoder_margin_s {
+                Some(margin_s) => EncoderWindow::Trimmed { margin_s },
+                None => EncoderWindow::Full,
+            },
             ..Options::default()
         };
         let (progress_tx, mut progress_rx) = mpsc::unbounded_channel::<(f64, String)>();

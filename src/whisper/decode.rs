@@ -73,6 +73,39 @@ pub struct Options {
     pub condition_on_previous_text: bool,
     /// Seed for the sampling at temperatures above zero (runs are reproducible).
     pub seed: u64,
+    /// How much of each window the encoder runs on.
+    pub encoder_window: EncoderWindow,
+}
+
+/// How much of a 30 s window the encoder runs on.
+///
+/// Whisper was trained on 30 s windows, so the reference zero-pads a 5 s voice message to 30 s
+/// and the encoder — most of a short message's compute — spends five sixths of its work on the
+/// padding. Cutting the padding changes what the decoder attends to, and so can change the
+/// text: the trimmed window keeps a margin of padding after the audio, and README's benchmarks
+/// give its word error rate beside the full window's.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum EncoderWindow {
+    /// Always 30 s: the reference's input, and its output.
+    Full,
+    /// The window's audio and `margin_s` seconds of padding after it, at most 30 s.
+    Trimmed { margin_s: f32 },
+}
+
+impl EncoderWindow {
+    /// Mel frames the encoder gets for a window holding `content` frames of audio: even, for the
+    /// stride-2 convolution, and never more than [`N_FRAMES`].
+    pub fn frames(self, content: usize) -> usize {
+        match self {
+            EncoderWindow::Full => N_FRAMES,
+            EncoderWindow::Trimmed { margin_s } => {
+                let margin = (margin_s.max(0.0) * (SAMPLE_RATE / HOP_LENGTH) as f32).ceil();
+                (content + margin as usize)
+                    .next_multiple_of(INPUT_STRIDE)
+                    .min(N_FRAMES)
+            }
+        }
+    }
 }
 
 impl Default for Options {
@@ -82,6 +115,7 @@ impl Default for Options {
             temperatures: TEMPERATURES.to_vec(),
             condition_on_previous_text: true,
             seed: 0,
+            encoder_window: EncoderWindow::Full,
         }
     }
 }
@@ -306,10 +340,12 @@ impl Transcriber {
         }
     }
 
-    /// Runs the encoder on one normalised mel window (`n_mels × 3000`).
+    /// Runs the encoder on one normalised mel window (`n_mels × frames`, at most 3000 frames).
     pub fn encode(&mut self, mel: Vec<f32>) -> Result<Tensor, DecodeError> {
         let n_mels = self.model.dims.n_mels;
-        let t = Tensor::from_vec(mel, (1, n_mels, N_FRAMES), &Device::Cpu)?;
+        let frames = mel.len() / n_mels;
+        log::debug!("encoding {frames} mel frames");
+        let t = Tensor::from_vec(mel, (1, n_mels, frames), &Device::Cpu)?;
         Ok(self.model.encoder.forward(&t)?)
     }
 
@@ -458,6 +494,7 @@ impl Transcriber {
         &mut self,
         language: Option<&str>,
         mel: &LogMel,
+        window: EncoderWindow,
     ) -> Result<(Option<u32>, String, Option<Tensor>), DecodeError> {
         if !self.is_multilingual() {
             return match language {
@@ -479,7 +516,8 @@ impl Transcriber {
                 Ok((Some(id), code.into(), None))
             }
             None => {
-                let audio = self.encode(mel.window(0, N_FRAMES))?;
+                let content = mel.n_frames().min(N_FRAMES);
+                let audio = self.encode(mel.window_of_width(0, content, window.frames(content)))?;
                 let id = self.detect_language(&audio)?;
                 let code = self.tokenizer.language_code(id).unwrap_or("en").to_string();
                 log::info!("detected language: {code}");
@@ -497,7 +535,7 @@ impl Transcriber {
     ) -> Result<Transcript, DecodeError> {
         let mel = LogMel::new(samples, self.model.dims.n_mels);
         let (lang_token, language, mut first_window) =
-            self.language_token(opts.language.as_deref(), &mel)?;
+            self.language_token(opts.language.as_deref(), &mel, opts.encoder_window)?;
         let sot_seq = self.sot_sequence(lang_token);
         let s = self.tokenizer.specials.clone();
         let mut rng = rand::rngs::StdRng::seed_from_u64(opts.seed);
@@ -521,8 +559,8 @@ impl Transcriber {
                 seek += segment_size;
                 continue;
             }
-            // `window(0, N_FRAMES)` used for detection equals `window(0, segment_size)`: the
-            // window is clamped to the recording's frames either way.
+            // The window encoded for detection is this one: both hold the recording's first
+            // `segment_size` frames, at the same width.
             let audio = match first_window.take() {
                 Some(a) if seek == 0 => a,
                 _ => {
@@ -530,7 +568,8 @@ impl Transcriber {
                     // before the encoder allocates its activations, so that two windows never
                     // add up in the peak.
                     self.model.decoder.release();
-                    self.encode(mel.window(seek, segment_size))?
+                    let width = opts.encoder_window.frames(segment_size);
+                    self.encode(mel.window_of_width(seek, segment_size, width))?
                 }
             };
             self.model.decoder.set_audio(&audio)?;
@@ -670,6 +709,18 @@ pub fn split_by_timestamps(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_trimmed_encoder_window_is_the_audio_and_its_margin_up_to_30_s() {
+        assert_eq!(EncoderWindow::Full.frames(500), N_FRAMES);
+        let trimmed = EncoderWindow::Trimmed { margin_s: 10.0 };
+        assert_eq!(trimmed.frames(500), 1500);
+        // Odd lengths round up to the stride-2 convolution's even input.
+        assert_eq!(trimmed.frames(501), 1502);
+        assert_eq!(trimmed.frames(2500), N_FRAMES);
+        assert_eq!(EncoderWindow::Trimmed { margin_s: 0.0 }.frames(1), 2);
+        assert_eq!(EncoderWindow::Trimmed { margin_s: -3.0 }.frames(800), 800);
+    }
 
     const TB: u32 = 50364;
     const EOT: u32 = 50257;

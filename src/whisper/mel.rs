@@ -203,13 +203,20 @@ impl<'a> LogMel<'a> {
     /// mel-major, normalised, and zero-padded past `len` exactly as the reference pads a short
     /// last window.
     pub fn window(&self, seek: usize, len: usize) -> Vec<f32> {
-        let len = len.min(N_FRAMES).min(self.n_frames().saturating_sub(seek));
+        self.window_of_width(seek, len, N_FRAMES)
+    }
+
+    /// [`window`](Self::window) cut to `width` frames (`n_mels × width`): the same values for the
+    /// first `width` frames, zero padding only up to `width`.
+    pub fn window_of_width(&self, seek: usize, len: usize, width: usize) -> Vec<f32> {
+        let width = width.min(N_FRAMES);
+        let len = len.min(width).min(self.n_frames().saturating_sub(seek));
         let raw = self.log_frames(seek, len);
         let floor = self.max_log - 8.0;
-        let mut out = vec![0f32; self.n_mels * N_FRAMES];
+        let mut out = vec![0f32; self.n_mels * width];
         for m in 0..self.n_mels {
             for t in 0..len {
-                out[m * N_FRAMES + t] = (raw[m * len + t].max(floor) + 4.0) / 4.0;
+                out[m * width + t] = (raw[m * len + t].max(floor) + 4.0) / 4.0;
             }
         }
         out
@@ -286,6 +293,27 @@ mod tests {
                 assert!(full[m * N_FRAMES + t] >= floor - 1e-6);
             }
         }
+    }
+
+    #[test]
+    fn a_narrower_window_holds_the_same_frames_with_less_padding() {
+        let s: Vec<f32> = (0..16000u64 * 3)
+            .map(|i| ((i * 7919) % 1000) as f32 / 1000.0 - 0.5)
+            .collect();
+        let mel = LogMel::new(&s, 80);
+        let full = mel.window(0, N_FRAMES);
+        let width = 500;
+        let narrow = mel.window_of_width(0, N_FRAMES, width);
+        assert_eq!(narrow.len(), 80 * width);
+        for m in 0..80 {
+            assert_eq!(
+                narrow[m * width..(m + 1) * width],
+                full[m * N_FRAMES..m * N_FRAMES + width]
+            );
+        }
+        // 300 frames of audio, zero from there to the narrow window's end.
+        assert!(narrow[300..width].iter().all(|&v| v == 0.0));
+        assert!(narrow[..300].iter().all(|&v| v != 0.0));
     }
 
     #[test]
