@@ -20,11 +20,11 @@
 //! in f32 — the same products on half the bytes.
 //!
 //! **Quantized weights.** candle multiplies GGUF weights by quantizing every activation row and
-//! taking one vector dot product per (row, column): fine for a decoded token, slow for the
-//! encoder's 1500 rows — and on x86-64 its fast dot products exist only in builds for AVX2
-//! machines. The model therefore widens a quantized matrix to f32 for a product over many rows
-//! (cheap next to the product itself), and [`project_q8_0`] handles few-row products over q8_0
-//! blocks directly, with f32 activations.
+//! taking one vector dot product per (row, column), and on x86-64 its fast dot products exist
+//! only in builds for AVX2 machines. [`project_q8_0`] instead picks at run time the integer
+//! dot-product instructions the CPU has ([`q8`]) and multiplies q8_0 blocks by quantized
+//! activations in tiles that stay in cache. Without such instructions it takes f32 activations
+//! for few-row products, and the model widens the matrix to f32 for a product over many rows.
 //!
 //! Activations are always f32 (weights may be f16 or quantized).
 
@@ -36,6 +36,9 @@ use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, Layout, Result, S
 use gemm::Parallelism;
 use half::f16;
 use rayon::prelude::*;
+
+pub mod q8;
+use q8::{BLOCK as Q8_0_BLOCK, BLOCK_BYTES as Q8_0_BYTES};
 
 /// Query rows per attention block: a 64 × 1500 score block is 384 KB, inside a core's L2.
 const BLOCK_ROWS: usize = 64;
@@ -64,7 +67,9 @@ pub fn project_half(x: &Tensor, w: &Tensor) -> Result<Tensor> {
     x.apply_op2_no_bwd(w, &ProjectHalf)
 }
 
-/// `x · wᵀ` for f32 `x` (`(…, k)`) and a q8_0 matrix `w` (`(n, k)`): `(…, n)`.
+/// `x · wᵀ` for f32 `x` (`(…, k)`) and a q8_0 matrix `w` (`(n, k)`): `(…, n)`. With integer
+/// dot products ([`q8`]) when the CPU has them, any number of rows; otherwise f32 activations
+/// against the blocks, meant for few rows.
 pub fn project_q8_0(x: &Tensor, w: &QTensor) -> Result<Tensor> {
     if w.dtype() != GgmlDType::Q8_0 {
         candle_core::bail!("project_q8_0: weights are {:?}", w.dtype());
@@ -80,9 +85,14 @@ pub fn project_q8_0(x: &Tensor, w: &QTensor) -> Result<Tensor> {
     if bytes.len() != n * row_bytes {
         candle_core::bail!("project_q8_0: {} bytes for {n} × {k}", bytes.len());
     }
-    let out = project_rows(&xs, k, n, |j, xr| {
-        dot_q8_0(xr, &bytes[j * row_bytes..(j + 1) * row_bytes])
-    });
+    let path = q8::Path::best();
+    let out = if path.is_vectorised() {
+        path.matmul(&q8::Rows::quantize(&xs, k), &bytes, n)
+    } else {
+        project_rows(&xs, k, n, |j, xr| {
+            dot_q8_0(xr, &bytes[j * row_bytes..(j + 1) * row_bytes])
+        })
+    };
     let mut out_dims = dims;
     *out_dims.last_mut().expect("rank ≥ 1") = n;
     Tensor::from_vec(out, out_dims, x.device())
@@ -113,51 +123,9 @@ fn project_rows(
     out
 }
 
-/// Values per q8_0 block, and its size: an f16 scale then 32 signed bytes.
-const Q8_0_BLOCK: usize = 32;
-const Q8_0_BYTES: usize = 34;
-
-/// `Σ xᵢ·wᵢ` over one row of q8_0 blocks, with the fastest code this CPU supports.
+/// `Σ xᵢ·wᵢ` over one row of q8_0 blocks with f32 activations: for CPUs without integer
+/// dot-product instructions ([`q8::Path::is_vectorised`]).
 fn dot_q8_0(x: &[f32], blocks: &[u8]) -> f32 {
-    #[cfg(target_arch = "x86_64")]
-    if is_x86_feature_detected!("avx2")
-        && is_x86_feature_detected!("f16c")
-        && is_x86_feature_detected!("fma")
-    {
-        // SAFETY: the features the function is compiled for were just detected.
-        return unsafe { dot_q8_0_x86(x, blocks) };
-    }
-    dot_q8_0_portable(x, blocks)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,f16c,fma")]
-unsafe fn dot_q8_0_x86(x: &[f32], blocks: &[u8]) -> f32 {
-    use std::arch::x86_64::*;
-    let mut acc = _mm256_setzero_ps();
-    for (xs, b) in x
-        .chunks_exact(Q8_0_BLOCK)
-        .zip(blocks.chunks_exact(Q8_0_BYTES))
-    {
-        let scale = _mm256_set1_ps(f16::from_le_bytes([b[0], b[1]]).to_f32());
-        let mut sum = _mm256_setzero_ps();
-        for i in 0..4 {
-            // SAFETY: 8 of the block's 32 bytes and 8 of its 32 floats per step.
-            unsafe {
-                let q = _mm_loadl_epi64(b.as_ptr().add(2 + 8 * i) as *const __m128i);
-                let w = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(q));
-                sum = _mm256_fmadd_ps(_mm256_loadu_ps(xs.as_ptr().add(8 * i)), w, sum);
-            }
-        }
-        acc = _mm256_fmadd_ps(scale, sum, acc);
-    }
-    let mut lanes = [0f32; 8];
-    // SAFETY: `lanes` holds 8 floats.
-    unsafe { _mm256_storeu_ps(lanes.as_mut_ptr(), acc) };
-    lanes.iter().sum()
-}
-
-fn dot_q8_0_portable(x: &[f32], blocks: &[u8]) -> f32 {
     x.chunks_exact(Q8_0_BLOCK)
         .zip(blocks.chunks_exact(Q8_0_BYTES))
         .map(|(xs, b)| {
@@ -757,33 +725,51 @@ pub(crate) mod tests {
         let dev = Device::Cpu;
         let w = Tensor::randn(0f32, 1.0, (700, 96), &dev).unwrap();
         let q = QTensor::quantize(&w, GgmlDType::Q8_0).unwrap();
-        let x = Tensor::randn(0f32, 1.0, (1, 2, 96), &dev).unwrap();
-        let got = project_q8_0(&x, &q).unwrap();
-        assert_eq!(got.dims(), &[1, 2, 700]);
-        let wide = q.dequantize(&dev).unwrap();
-        let want = x.broadcast_matmul(&wide.t().unwrap()).unwrap();
-        assert!(max_diff(&got, &want) < 1e-4);
-        let (xs, row) = (&x.flatten_all().unwrap().to_vec1::<f32>().unwrap()[..96], 5);
-        let bytes = q.data().unwrap();
-        let portable = dot_q8_0_portable(xs, &bytes[row * 102..(row + 1) * 102]);
-        let first: f32 = got
-            .get(0)
-            .unwrap()
-            .get(0)
-            .unwrap()
-            .get(row)
-            .unwrap()
-            .to_scalar()
-            .unwrap();
-        assert!((portable - first).abs() < 1e-4);
-        // And q8_0 is close to the float weights it came from.
-        let float = x.broadcast_matmul(&w.t().unwrap()).unwrap();
         let norm = |t: &Tensor| t.sqr().unwrap().sum_all().unwrap().sqrt().unwrap();
-        let rel: f32 = (norm(&(&got - &float).unwrap()) / norm(&float))
+        let rel = |a: &Tensor, b: &Tensor| -> f32 {
+            (norm(&(a - b).unwrap()) / norm(b))
+                .unwrap()
+                .to_scalar()
+                .unwrap()
+        };
+        // Few rows (a decoded token) and many (encoder frames), through whichever path this
+        // CPU takes.
+        for rows in [2, 300] {
+            let x = Tensor::randn(0f32, 1.0, (1, rows, 96), &dev).unwrap();
+            let got = project_q8_0(&x, &q).unwrap();
+            assert_eq!(got.dims(), &[1, rows, 700]);
+            let wide = q.dequantize(&dev).unwrap();
+            let want = x.broadcast_matmul(&wide.t().unwrap()).unwrap();
+            // Exact with f32 activations; within their 8-bit rounding with integer products.
+            let tolerance = if q8::Path::best().is_vectorised() {
+                0.01
+            } else {
+                1e-5
+            };
+            assert!(
+                rel(&got, &want) < tolerance,
+                "{rows} rows: {}",
+                rel(&got, &want)
+            );
+            // And q8_0 is close to the float weights it came from.
+            let float = x.broadcast_matmul(&w.t().unwrap()).unwrap();
+            assert!(
+                rel(&got, &float) < 0.015,
+                "q8_0 relative error {}",
+                rel(&got, &float)
+            );
+        }
+        let x: Vec<f32> = (0..96).map(|i| (i as f32 * 0.37).sin()).collect();
+        let bytes = q.data().unwrap();
+        let wide = q
+            .dequantize(&dev)
             .unwrap()
-            .to_scalar()
+            .get(5)
+            .unwrap()
+            .to_vec1::<f32>()
             .unwrap();
-        assert!(rel < 0.01, "q8_0 relative error {rel}");
+        let want: f32 = x.iter().zip(&wide).map(|(a, b)| a * b).sum();
+        assert!((dot_q8_0(&x, &bytes[5 * 102..6 * 102]) - want).abs() < 1e-4);
     }
 
     #[test]
