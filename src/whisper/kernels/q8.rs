@@ -39,7 +39,7 @@ impl Rows {
     /// Quantizes `x` (rows of `k` values; `k` a multiple of 32).
     pub fn quantize(x: &[f32], k: usize) -> Self {
         assert!(
-            k % BLOCK == 0 && x.len() % k == 0,
+            k.is_multiple_of(BLOCK) && x.len().is_multiple_of(k),
             "{} values in rows of {k}",
             x.len()
         );
