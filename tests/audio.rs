@@ -414,7 +414,7 @@ fn damaged_opus_packets_are_skipped_and_concealed() {
     let mut seed = 7u64;
     edit_ogg_packets(&mut noisy, |page, pkt| {
         seed += 1;
-        if page >= 2 && seed % 3 == 0 {
+        if page >= 2 && seed.is_multiple_of(3) {
             pkt.copy_from_slice(&noise_bytes(pkt.len(), seed));
         }
     });

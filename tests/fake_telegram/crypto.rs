@@ -86,7 +86,7 @@ pub fn packet_key_id(packet: &[u8]) -> Option<[u8; 8]> {
 /// Decrypts a packet from the client: `auth_key_id`, `msg_key`, ciphertext. Returns the
 /// plaintext (salt, session id, message, padding).
 pub fn decrypt_from_client(key: &AuthKey, packet: &[u8]) -> Result<Vec<u8>, CryptoError> {
-    if packet.len() < 24 + 16 || (packet.len() - 24) % 16 != 0 {
+    if packet.len() < 24 + 16 || !(packet.len() - 24).is_multiple_of(16) {
         return Err(CryptoError::BadLength(packet.len()));
     }
     let id: [u8; 8] = packet[..8].try_into().unwrap();

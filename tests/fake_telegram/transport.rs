@@ -94,7 +94,7 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
 
     /// Sends one payload (a multiple of 4 bytes).
     pub async fn write(&mut self, payload: &[u8]) -> std::io::Result<()> {
-        assert!(payload.len() % 4 == 0);
+        assert!(payload.len().is_multiple_of(4));
         let len = (payload.len() + 12) as u32;
         let mut packet = Vec::with_capacity(len as usize);
         packet.extend_from_slice(&len.to_le_bytes());
