@@ -4,6 +4,11 @@
 //!
 //! - `log_mel_10s/80`: log-mel features of the real 11 s JFK clip (model independent).
 //! - `encoder_30s/<model>`: encoder forward pass on one (padded) 30 s window.
+//! - `encoder_peak/<model>`: the machine's measured peak for that pass: plain multi-threaded f32
+//!   `gemm` calls of exactly the encoder's matrix shapes (convolutions as their im2col
+//!   products, projections, per-head attention products, MLP), no other work. Before criterion
+//!   measures it, a table of the encoder's stages is printed: each stage's time (median of three
+//!   timed passes), its GFLOP/s, and the whole pass's GFLOP/s against this peak.
 //! - `decode_short/<model>`: greedy decoding of the JFK window (audio set once, then
 //!   `decode_window` at temperature 0, timestamps on, as `transcribe` does it).
 //! - `transcribe_10s/<model>`: whole `Engine::transcribe` of the 11 s clip.
@@ -42,6 +47,7 @@ use voice_transcriber::whisper::catalog::{Catalog, KNOWN};
 use voice_transcriber::whisper::decode::Options;
 use voice_transcriber::whisper::engine::{limit_process_threads, Engine, ThreadConfig};
 use voice_transcriber::whisper::mel::{LogMel, N_FRAMES};
+use voice_transcriber::whisper::model::{Dims, EncoderStage};
 
 /// Models the README table expects; each is reported as skipped when absent.
 const EXPECTED_MODELS: &[&str] = &["tiny.en", "tiny.en-q8_0", "base", "base-q8_0"];
@@ -377,6 +383,187 @@ fn bench_encoder(c: &mut Criterion, b: &mut Bench, clip: &[f32]) {
     group.finish();
 }
 
+/// The encoder's matrix products over one 30 s window as `(m, n, k, times)`: `m × k` by `k × n`.
+fn encoder_products(d: &Dims) -> Vec<(usize, usize, usize, usize)> {
+    let (n, w, mels, layers) = (N_FRAMES / 2, d.n_audio_state, d.n_mels, d.n_audio_layer);
+    let (heads, head) = (w / 64, 64);
+    vec![
+        (N_FRAMES, w, 3 * mels, 1),   // conv1, kernel 3, as im2col
+        (n, w, 3 * w, 1),             // conv2, kernel 3, stride 2
+        (n, w, w, 4 * layers),        // query, key, value, out
+        (n, n, head, heads * layers), // q·kᵀ, per head
+        (n, head, n, heads * layers), // scores·v, per head
+        (n, 4 * w, w, layers),        // fc1
+        (n, w, 4 * w, layers),        // fc2
+    ]
+}
+
+/// Runs every product of [`encoder_products`] once as a plain f32 gemm on all threads.
+struct PeakGemm {
+    products: Vec<(usize, usize, usize, usize)>,
+    a: Vec<f32>,
+    b: Vec<f32>,
+    c: Vec<f32>,
+}
+
+impl PeakGemm {
+    fn new(d: &Dims) -> Self {
+        let products = encoder_products(d);
+        let size = |f: fn(&(usize, usize, usize, usize)) -> usize| {
+            products.iter().map(f).max().unwrap_or(0)
+        };
+        let mut rng = rand::rngs::StdRng::seed_from_u64(1);
+        let mut fill = |len: usize| -> Vec<f32> {
+            (0..len)
+                .map(|_| rand::Rng::random_range(&mut rng, -1.0..1.0))
+                .collect()
+        };
+        Self {
+            a: fill(size(|&(m, _, k, _)| m * k)),
+            b: fill(size(|&(_, n, k, _)| k * n)),
+            c: vec![0.0; size(|&(m, n, _, _)| m * n)],
+            products,
+        }
+    }
+
+    fn flops(&self) -> f64 {
+        self.products
+            .iter()
+            .map(|&(m, n, k, times)| 2.0 * (m * n * k * times) as f64)
+            .sum()
+    }
+
+    fn run(&mut self, threads: usize) {
+        for &(m, n, k, times) in &self.products {
+            for _ in 0..times {
+                // SAFETY: a is m × k, b is k × n, c is m × n, all row-major and large enough.
+                unsafe {
+                    gemm::gemm(
+                        m,
+                        n,
+                        k,
+                        self.c.as_mut_ptr(),
+                        1,
+                        n as isize,
+                        false,
+                        self.a.as_ptr(),
+                        1,
+                        k as isize,
+                        self.b.as_ptr(),
+                        1,
+                        n as isize,
+                        0.0,
+                        1.0,
+                        false,
+                        false,
+                        false,
+                        gemm::Parallelism::Rayon(threads),
+                    );
+                }
+            }
+        }
+        black_box(&self.c);
+    }
+}
+
+fn bench_encoder_peak(c: &mut Criterion, b: &mut Bench, clip: &[f32]) {
+    let mut group = c.benchmark_group("encoder_peak");
+    configure(&mut group, 5);
+    let threads = all_threads();
+    for i in 0..b.models.len() {
+        let name = b.models[i].name.clone();
+        if !b.wanted(&format!("encoder_peak/{name}")) || b.list_only {
+            if b.list_only {
+                group.bench_function(&name, |bch| bch.iter(|| ()));
+            }
+            continue;
+        }
+        if b.models[i].too_slow {
+            continue;
+        }
+        let Some(engine) = b.engine(i) else { continue };
+        let dims = engine.with_transcriber(|t| t.model.dims);
+        let window = LogMel::new(clip, dims.n_mels).window(0, N_FRAMES);
+        // Three timed passes after one untimed; each stage's median.
+        let mut laps: Vec<std::collections::HashMap<EncoderStage, f64>> = Vec::new();
+        for pass in 0..4 {
+            let mut lap = std::collections::HashMap::new();
+            let w = window.clone();
+            engine.with_transcriber(|t| {
+                let mel = candle_core::Tensor::from_vec(
+                    w,
+                    (1, dims.n_mels, N_FRAMES),
+                    &candle_core::Device::Cpu,
+                )
+                .expect("mel");
+                t.model
+                    .encoder
+                    .forward_timed(&mel, &mut |s, d| {
+                        *lap.entry(s).or_insert(0.0) += d.as_secs_f64()
+                    })
+                    .expect("encode");
+            });
+            if pass > 0 {
+                laps.push(lap);
+            }
+        }
+        let median = |s: EncoderStage| {
+            let mut v: Vec<f64> = laps.iter().map(|l| l[&s]).collect();
+            v.sort_by(f64::total_cmp);
+            v[v.len() / 2]
+        };
+        let mut peak = PeakGemm::new(&dims);
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .expect("pool");
+        let mut runs: Vec<f64> = (0..4)
+            .map(|_| {
+                let start = Instant::now();
+                pool.install(|| peak.run(threads));
+                start.elapsed().as_secs_f64()
+            })
+            .skip(1)
+            .collect();
+        runs.sort_by(f64::total_cmp);
+        let peak_gflops = peak.flops() / runs[1] / 1e9;
+        eprintln!("encoder_peak/{name}: one 30 s window, {threads} threads");
+        eprintln!(
+            "  {:<13} {:>9} {:>8} {:>9}",
+            "stage", "ms", "GFLOP", "GFLOP/s"
+        );
+        let (mut total_s, mut total_flops) = (0.0, 0.0);
+        for s in EncoderStage::ALL {
+            let (secs, flops) = (median(s), s.flops(&dims, N_FRAMES));
+            total_s += secs;
+            total_flops += flops;
+            let rate = if flops > 0.0 {
+                format!("{:.1}", flops / secs / 1e9)
+            } else {
+                "-".into()
+            };
+            eprintln!(
+                "  {:<13} {:>9.1} {:>8.2} {:>9}",
+                format!("{s:?}"),
+                secs * 1e3,
+                flops / 1e9,
+                rate
+            );
+        }
+        let rate = total_flops / total_s / 1e9;
+        let msg = format!(
+            "encoder_peak/{name}: encoder {:.1} ms, {rate:.1} GFLOP/s; the same products as plain \
+             gemm {:.1} ms, {peak_gflops:.1} GFLOP/s; encoder at {:.0} % of that peak",
+            total_s * 1e3,
+            runs[1] * 1e3,
+            100.0 * rate / peak_gflops
+        );
+        b.note(msg);
+        group.bench_function(&name, |bch| bch.iter(|| pool.install(|| peak.run(threads))));
+    }
+    group.finish();
+}
+
 fn bench_decode(c: &mut Criterion, b: &mut Bench, clip: &[f32]) {
     let mut group = c.benchmark_group("decode_short");
     configure(&mut group, 5);
@@ -426,7 +613,7 @@ fn bench_decode(c: &mut Criterion, b: &mut Bench, clip: &[f32]) {
                 let r = t
                     .decode_window(&prompt, 0.0, &mut rng)
                     .map_err(|e| e.to_string())?;
-                let words = t.tokenizer.decode(&r.tokens).map_err(|e| e.to_string())?;
+                let words = t.tokenizer.decode(&r.tokens);
                 text = format!("{} tokens: {}", r.tokens.len(), words.trim());
                 Ok(())
             })
@@ -600,6 +787,7 @@ fn main() {
     bench_mel(&mut c, &b, &clip_10s);
     // Cheapest first: a model too slow for one group is not tried in the larger ones.
     bench_encoder(&mut c, &mut b, &clip_10s);
+    bench_encoder_peak(&mut c, &mut b, &clip_10s);
     bench_decode(&mut c, &mut b, &clip_10s);
     bench_transcribe(&mut c, &mut b, "transcribe_10s", &clip_10s, 10, BUDGET_SECS);
     if let Some(clip) = &clip_60s {
@@ -612,7 +800,7 @@ fn main() {
     bench_threads(&mut c, &mut b, &clip_10s);
 
     if !b.notes.is_empty() {
-        eprintln!("\nskipped or cut short:");
+        eprintln!("\nmeasured, skipped or cut short:");
         for n in &b.notes {
             eprintln!("  {n}");
         }

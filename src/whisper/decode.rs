@@ -24,7 +24,7 @@ use rand::SeedableRng;
 
 use crate::whisper::mel::{LogMel, HOP_LENGTH, N_FRAMES, SAMPLE_RATE};
 use crate::whisper::model::Whisper;
-use crate::whisper::tokenizer::{TokenizerError, WhisperTokenizer};
+use crate::whisper::tokenizer::WhisperTokenizer;
 use crate::whisper::weights::ModelConfig;
 
 /// Seconds per timestamp token.
@@ -54,8 +54,6 @@ const MAX_INITIAL_TIMESTAMP: f64 = 1.0;
 pub enum DecodeError {
     #[error("model: {0}")]
     Model(#[from] candle_core::Error),
-    #[error(transparent)]
-    Tokenizer(#[from] TokenizerError),
     #[error("unknown language {0:?} (this model knows: {1})")]
     UnknownLanguage(String, String),
     #[error("{0} is an English-only model; it cannot transcribe {1:?}")]
@@ -312,8 +310,7 @@ impl Transcriber {
         suppress.dedup();
         let suppress_begin = if config.suppress_begin.is_empty() {
             // The blank (" ", token 220 in both vocabularies) and the end token.
-            let space = tokenizer.encode(" ").ok().and_then(|v| v.first().copied());
-            space.into_iter().chain([s.eot]).collect()
+            tokenizer.space.into_iter().chain([s.eot]).collect()
         } else {
             config.suppress_begin.clone()
         };
@@ -423,7 +420,7 @@ impl Transcriber {
             let t = Tensor::new(&[[next]], &Device::Cpu)?;
             logits = decoder.forward(&t, &[0])?.i((0, 0))?.to_vec1()?;
         }
-        let text = self.tokenizer.decode(&tokens)?;
+        let text = self.tokenizer.decode(&tokens);
         Ok(WindowResult {
             avg_logprob: sum_logprob / (tokens.len() + 1) as f32,
             compression_ratio: compression_ratio(text.trim()),
@@ -603,7 +600,7 @@ impl Transcriber {
             let (window_segments, advance) =
                 split_by_timestamps(&r.tokens, s.timestamp_begin, segment_size, segment_duration);
             for (start, end, tokens) in window_segments {
-                let text = self.tokenizer.decode(&tokens)?;
+                let text = self.tokenizer.decode(&tokens);
                 // Text without a single letter or digit (". . .", "-") is not a transcript.
                 if start == end || !text.chars().any(char::is_alphanumeric) {
                     continue;

@@ -344,18 +344,89 @@ impl Encoder {
 
     /// `mel`: `(batch, n_mels, 3000)` → `(batch, 1500, n_audio_state)`.
     pub fn forward(&self, mel: &Tensor) -> Result<Tensor> {
+        self.forward_timed(mel, &mut |_, _| {})
+    }
+
+    /// [`forward`](Self::forward), telling `lap` how long each stage took as it finishes (a
+    /// stage of every layer is reported once per layer). Benchmarks use it to set each stage's
+    /// arithmetic against its time.
+    pub fn forward_timed(
+        &self,
+        mel: &Tensor,
+        lap: &mut dyn FnMut(EncoderStage, std::time::Duration),
+    ) -> Result<Tensor> {
+        let mut last = std::time::Instant::now();
+        let mut done = |stage| {
+            let now = std::time::Instant::now();
+            lap(stage, now - last);
+            last = now;
+        };
         let x = kernels::gelu_erf(&self.conv1.forward(mel)?)?;
         let x = kernels::gelu_erf(&self.conv2.forward(&x)?)?;
         let x = x.transpose(1, 2)?;
         let n = x.dim(1)?;
         let mut x = x.broadcast_add(&self.positions.narrow(0, 0, n)?)?;
+        done(EncoderStage::Convolutions);
         for l in &self.layers {
             let h = l.attn_ln.forward(&x)?;
+            done(EncoderStage::Norms);
             let (k, v) = l.attn.project_kv(&h)?;
-            x = (&x + l.attn.attend(&h, &k, &v, false)?)?;
-            x = (&x + l.mlp.forward(&l.mlp_ln.forward(&x)?)?)?;
+            let q = l.attn.split_heads(&l.attn.query.forward(&h)?)?;
+            done(EncoderStage::Projections);
+            let a = kernels::attention(&q, &k, &v, false)?;
+            done(EncoderStage::Attention);
+            x = (&x + l.attn.out.forward(&a)?)?;
+            done(EncoderStage::Projections);
+            let h = l.mlp_ln.forward(&x)?;
+            done(EncoderStage::Norms);
+            x = (&x + l.mlp.forward(&h)?)?;
+            done(EncoderStage::Mlp);
         }
-        self.ln_post.forward(&x)
+        let x = self.ln_post.forward(&x)?;
+        done(EncoderStage::Norms);
+        Ok(x)
+    }
+}
+
+/// The parts of an encoder pass, as [`Encoder::forward_timed`] reports them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum EncoderStage {
+    /// Both convolutions with their GELUs, and the positions added.
+    Convolutions,
+    /// The layer norms.
+    Norms,
+    /// The query, key, value and output projections of self-attention.
+    Projections,
+    /// Scores, softmax and the weighted sum of values.
+    Attention,
+    /// The two-layer MLP with its GELU, and its residual.
+    Mlp,
+}
+
+impl EncoderStage {
+    /// Every stage, in the order a layer runs them.
+    pub const ALL: [EncoderStage; 5] = [
+        EncoderStage::Convolutions,
+        EncoderStage::Norms,
+        EncoderStage::Projections,
+        EncoderStage::Attention,
+        EncoderStage::Mlp,
+    ];
+
+    /// Floating-point operations (a multiply-add counts two) of this stage's matrix products
+    /// over a whole pass of `frames` mel frames (`frames / 2` positions); 0 for the norms.
+    pub fn flops(self, d: &Dims, frames: usize) -> f64 {
+        let (n, w, m) = (frames as f64 / 2.0, d.n_audio_state as f64, d.n_mels as f64);
+        let layers = d.n_audio_layer as f64;
+        match self {
+            // conv1: kernel 3 over every frame; conv2: kernel 3, stride 2
+            EncoderStage::Convolutions => 2.0 * frames as f64 * w * m * 3.0 + 2.0 * n * w * w * 3.0,
+            EncoderStage::Norms => 0.0,
+            EncoderStage::Projections => layers * 4.0 * 2.0 * n * w * w,
+            // q·kᵀ and scores·v, every head together spanning the width
+            EncoderStage::Attention => layers * 2.0 * 2.0 * n * n * w,
+            EncoderStage::Mlp => layers * 2.0 * 2.0 * n * w * 4.0 * w,
+        }
     }
 }
 
