@@ -49,18 +49,21 @@ dc=$!
 until grep -q "^run:" "$work/dc.out" 2>/dev/null; do sleep 0.2; done
 RUST_LOG=info "$bin" --state-dir "$state" --config "$state/config.toml" run 2> "$work/log" &
 pid=$!
-rss() { awk -v k="$1" '$1 == k":" {print $2}' "/proc/$pid/status"; }
+rss() { awk -v k="$1" '$1 == k":" {print $2}' "/proc/$pid/status"; }  # kB
+mb() { awk -v kb="$1" 'BEGIN {printf "%.1f", kb * 1024 / 1e6}'; }      # kB -> MB (10^6 bytes)
 until grep -q "connected to Telegram" "$work/log"; do sleep 0.2; done
 sleep 2
 weights=$(sed -n 's/.*: \([0-9.]*\) MB of weights in memory.*/\1/p' "$work/log")
-idle=$(rss VmRSS)
+idle=$(rss VmRSS) idle_anon=$(rss RssAnon) idle_file=$(rss RssFile)
 until grep -q '"done":{"chat":111,' "$state/spool/journal.jsonl" 2>/dev/null; do sleep 0.2; done
 peak=$(rss VmHWM)
-after=$(rss VmRSS)
+sleep 1
+after=$(rss VmRSS) after_anon=$(rss RssAnon) after_file=$(rss RssFile)
 grep -q '"method":"messages.sendMessage"' "$state/fake-telegram.jsonl"
-echo "model $model: weights ${weights} MB"
-echo "idle RSS:        $((idle / 1024)) MB ($(awk -v r="$idle" -v w="$weights" 'BEGIN{printf "%.1f", r/1024 - w}') MB beyond the weights)"
-echo "peak RSS:        $((peak / 1024)) MB (while transcribing $clip)"
-echo "RSS after job:   $((after / 1024)) MB"
+echo "model $model: weights ${weights} MB (all sizes in MB of 10^6 bytes)"
+echo "idle RSS:        $(mb "$idle") MB ($(awk -v r="$(mb "$idle")" -v w="$weights" 'BEGIN{printf "%.1f", r - w}') MB beyond the weights; anonymous $(mb "$idle_anon"), file-backed $(mb "$idle_file"))"
+echo "peak RSS:        $(mb "$peak") MB (while transcribing $clip)"
+echo "RSS after job:   $(mb "$after") MB ($(awk -v r="$(mb "$after")" -v w="$weights" 'BEGIN{printf "%.1f", r - w}') MB beyond the weights; anonymous $(mb "$after_anon"), file-backed $(mb "$after_file"))"
+[ -z "${MEMORY_MAPS:-}" ] || awk '/^[0-9a-f]+-/ {map=$1; name=($6 == "" ? "[anonymous]" : $6)} /^Rss:/ {print $2, "kB", map, name}' "/proc/$pid/smaps" | sort -n -r | head -12
 kill -TERM "$pid"; wait "$pid"
 kill -TERM "$dc"; wait "$dc" || true

@@ -56,12 +56,25 @@ impl ThreadConfig {
     }
 }
 
-/// Tells candle how many threads its kernels may split work into. Must run before any other
-/// thread is started (it writes the process environment) and before the first tensor op.
+/// Tells candle how many threads its kernels may split work into, and the allocator to keep
+/// one heap for all threads. Must run before any other thread is started (it writes the
+/// process environment) and before the first tensor op.
+///
+/// glibc gives each thread that allocates while another holds the heap an arena of its own, and
+/// what a transcription frees in those arenas mostly stays with the process, `malloc_trim`
+/// notwithstanding: measured on the daemon with tiny.en, 29 MB beyond the weights after one
+/// voice message against 17.5 MB with a single arena (whose peak is lower too). Inference
+/// allocates a few large buffers per operation, so its threads seldom wait for the one heap.
 pub fn limit_process_threads(threads: usize) {
     let n = threads.max(1).to_string();
     std::env::set_var("RAYON_NUM_THREADS", &n);
     std::env::set_var("CANDLE_NUM_THREADS", &n);
+    #[cfg(target_env = "gnu")]
+    // SAFETY: mallopt only sets an allocator parameter; no allocation is in flight on another
+    // thread, since none has been started yet.
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, 1);
+    }
 }
 
 /// Confines the calling thread to `cores` and lowers its priority by `nice`.
