@@ -90,8 +90,16 @@ fw_version=$("$venv/bin/python" -c 'import faster_whisper, ctranslate2; print(f"
 wvenv=$root/models/cache/wcpp-venv
 if ! "$wvenv/bin/python" -m pip freeze 2>/dev/null | grep -qx "${WCPP_PINS[0]}"; then
   echo "creating $wvenv with ${WCPP_PINS[*]}, building whisper.cpp from source (a few minutes)" >&2
+  # A CPU may list AMX (Sapphire Rapids and later) where the hypervisor does not let a guest
+  # use it: ggml's AMX q8_0 kernels then die of SIGILL. -mno-amx-* wins over -march=native; the
+  # AVX-512 and VNNI paths stay.
+  # (CMake takes CFLAGS and CXXFLAGS from the environment.)
+  no_amx=
+  if grep -qw amx_tile /proc/cpuinfo 2>/dev/null; then
+    no_amx="-mno-amx-tile -mno-amx-int8 -mno-amx-bf16"
+  fi
   python3 -m venv "$wvenv"
-  CMAKE_BUILD_PARALLEL_LEVEL=2 \
+  CMAKE_BUILD_PARALLEL_LEVEL=2 CFLAGS="$no_amx" CXXFLAGS="$no_amx" \
   CMAKE_ARGS='-DGGML_NATIVE=ON -DWHISPER_BUILD_EXAMPLES=OFF -DWHISPER_BUILD_TESTS=OFF -DCMAKE_INSTALL_RPATH=$ORIGIN -DCMAKE_BUILD_WITH_INSTALL_RPATH=ON' \
     "$wvenv/bin/python" -m pip install --quiet --disable-pip-version-check --no-cache-dir \
     --no-binary pywhispercpp "${WCPP_PINS[@]}" >&2
