@@ -54,6 +54,8 @@ const MAX_INITIAL_TIMESTAMP: f64 = 1.0;
 pub enum DecodeError {
     #[error("model: {0}")]
     Model(#[from] candle_core::Error),
+    #[error("cannot start the inference threads: {0}")]
+    Threads(String),
     #[error("unknown language {0:?} (this model knows: {1})")]
     UnknownLanguage(String, String),
     #[error("{0} is an English-only model; it cannot transcribe {1:?}")]

@@ -5,8 +5,16 @@
 //! multiplications run on the *current* rayon pool with a parallelism read from
 //! `RAYON_NUM_THREADS`, and quantized kernels use candle's own pool sized by
 //! `CANDLE_NUM_THREADS`. [`limit_process_threads`] sets both before any pool exists, and every
-//! engine call runs inside the engine's own rayon pool of exactly `threads` workers (optionally
-//! confined to a core list and run at a lower priority), so the caller's thread only waits.
+//! engine call runs inside a rayon pool of exactly `threads` workers of the engine's own
+//! (optionally confined to a core list and run at a lower priority), so the caller's thread only
+//! waits.
+//!
+//! The workers live for one call. Each keeps per-thread scratch for as long as it runs — the
+//! `gemm` crate's packing buffer the size of the core's L2 cache, the attention kernel's score
+//! block — so a pool kept between voice messages would hold megabytes of an idle daemon's
+//! memory for nothing; starting two threads costs well under a millisecond against seconds of
+//! inference. Each call joins its workers before it returns, so that memory is back with the
+//! allocator by then.
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -103,9 +111,8 @@ fn confine_current_thread(cores: &[usize], nice: i32) {
     }
 }
 
-/// A model ready to transcribe, with its thread pool.
+/// A model ready to transcribe, and the threads it may use.
 pub struct Engine {
-    pool: rayon::ThreadPool,
     transcriber: Transcriber,
     /// Directory the model was loaded from.
     pub model_dir: PathBuf,
@@ -132,20 +139,8 @@ impl Engine {
         if let Some(&bad) = threads.cores.iter().find(|&&c| c >= n_cores) {
             return Err(EngineError::BadCore(bad));
         }
-        let cores = threads.cores.clone();
-        let nice = threads.nice;
-        let pool = rayon::ThreadPoolBuilder::new()
-            .num_threads(threads.threads.max(1))
-            .thread_name(|i| format!("whisper-{i}"))
-            .start_handler(move |_| confine_current_thread(&cores, nice))
-            .build()
-            .map_err(|e| EngineError::Threads {
-                threads: threads.threads,
-                reason: e.to_string(),
-            })?;
-        let transcriber = pool.install(|| load_transcriber(dir, name))?;
+        let transcriber = on_workers(&threads, || load_transcriber(dir, name))??;
         Ok(Self {
-            pool,
             format: Format::detect(dir)?,
             transcriber,
             model_dir: dir.to_path_buf(),
@@ -172,9 +167,10 @@ impl Engine {
     ) -> Result<Timed, DecodeError> {
         let start = Instant::now();
         let transcriber = &mut self.transcriber;
-        let transcript = self
-            .pool
-            .install(|| transcriber.transcribe(samples, opts, on_segment))?;
+        let transcript = on_workers(&self.threads, || {
+            transcriber.transcribe(samples, opts, on_segment)
+        })
+        .map_err(|e| DecodeError::Threads(e.to_string()))??;
         Ok(Timed {
             transcript,
             elapsed_s: start.elapsed().as_secs_f64(),
@@ -182,10 +178,54 @@ impl Engine {
     }
 
     /// Runs `f` with the transcriber on the engine's threads (benchmarks, tests).
+    ///
+    /// # Panics
+    /// When the threads cannot be started, which [`Engine::load`] already did once.
     pub fn with_transcriber<R: Send>(&mut self, f: impl FnOnce(&mut Transcriber) -> R + Send) -> R {
         let t = &mut self.transcriber;
-        self.pool.install(|| f(t))
+        on_workers(&self.threads, || f(t)).expect("inference threads")
     }
+}
+
+/// Runs `f` inside a rayon pool of `threads` workers started for this call, and joins the
+/// workers before returning, so their per-thread memory has been freed.
+fn on_workers<R: Send>(
+    threads: &ThreadConfig,
+    f: impl FnOnce() -> R + Send,
+) -> Result<R, EngineError> {
+    let failed = |reason: String| EngineError::Threads {
+        threads: threads.threads,
+        reason,
+    };
+    let cores = threads.cores.clone();
+    let nice = threads.nice;
+    let handles = std::sync::Mutex::new(Vec::new());
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(threads.threads.max(1))
+        .thread_name(|i| format!("whisper-{i}"))
+        .start_handler(move |_| confine_current_thread(&cores, nice))
+        .spawn_handler(|worker| {
+            let mut b = std::thread::Builder::new();
+            if let Some(name) = worker.name() {
+                b = b.name(name.to_owned());
+            }
+            let handle = b.spawn(|| worker.run())?;
+            handles
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push(handle);
+            Ok(())
+        })
+        .build()
+        .map_err(|e| failed(e.to_string()))?;
+    let out = pool.install(f);
+    drop(pool);
+    for handle in handles.into_inner().unwrap_or_else(|e| e.into_inner()) {
+        if handle.join().is_err() {
+            log::warn!("an inference thread panicked");
+        }
+    }
+    Ok(out)
 }
 
 /// Loads weights, tokenizer and decoding config from a model directory.
