@@ -1,6 +1,7 @@
 //! `--threads N` means N compute threads, never more: this counts the threads of this process
-//! that actually burn CPU during a transcription (from `/proc/self/task/*/stat`). It is the only
-//! test in its binary so no other test's threads are counted.
+//! that actually burn CPU during a transcription (from `/proc/self/task/*/stat`). The workers
+//! live for one call, so they are counted from inside it, when the last segment is reported. It
+//! is the only test in its binary so no other test's threads are counted.
 
 mod common;
 
@@ -50,11 +51,15 @@ fn inference_uses_exactly_the_configured_threads_and_not_the_callers() {
         let mut engine = Engine::load(&common::model_dir("tiny.en"), "tiny.en", threads).unwrap();
         let before = thread_ticks();
         let caller_before = before[&caller];
+        let mut during = None;
         let t = engine
-            .transcribe(&samples, &Options::default(), |_| {})
+            .transcribe(&samples, &Options::default(), |_| {
+                during = Some(thread_ticks())
+            })
             .unwrap();
         assert!(t.transcript.text().to_lowercase().contains("ask not"));
-        let after = thread_ticks();
+        let mut after = during.expect("a segment was reported");
+        after.insert(caller, thread_ticks()[&caller]);
         // Threads that did at least 3 ticks (30 ms) of work during the transcription.
         let busy: Vec<u32> = after
             .iter()
