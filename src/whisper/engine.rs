@@ -193,10 +193,6 @@ fn on_workers<R: Send>(
     threads: &ThreadConfig,
     f: impl FnOnce() -> R + Send,
 ) -> Result<R, EngineError> {
-    let failed = |reason: String| EngineError::Threads {
-        threads: threads.threads,
-        reason,
-    };
     let cores = threads.cores.clone();
     let nice = threads.nice;
     let handles = std::sync::Mutex::new(Vec::new());
@@ -217,7 +213,10 @@ fn on_workers<R: Send>(
             Ok(())
         })
         .build()
-        .map_err(|e| failed(e.to_string()))?;
+        .map_err(|e| EngineError::Threads {
+            threads: threads.threads,
+            reason: e.to_string(),
+        })?;
     let out = pool.install(f);
     drop(pool);
     for handle in handles.into_inner().unwrap_or_else(|e| e.into_inner()) {

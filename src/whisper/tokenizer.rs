@@ -58,7 +58,8 @@ pub struct Specials {
 pub struct WhisperTokenizer {
     /// The bytes of every ordinary token (ids below `<|endoftext|>`), back to back.
     bytes: Vec<u8>,
-    /// Where token `t`'s bytes start in `bytes`; `ends[t]` is where they stop.
+    /// Where each token's bytes stop in `bytes`: token `t`'s are `ends[t - 1]..ends[t]`
+    /// (from 0 for token 0).
     ends: Vec<u32>,
     /// The id of the token for `" "` (Whisper suppresses it at a window's start).
     pub space: Option<u32>,
