@@ -29,16 +29,35 @@
 //! Activations are always f32 (weights may be f16 or quantized).
 
 use std::cell::RefCell;
+use std::ops::Deref;
+use std::sync::RwLockReadGuard;
 
 use candle_core::backend::BackendStorage;
 use candle_core::quantized::{GgmlDType, QTensor};
-use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
+use candle_core::{
+    CpuStorage, CustomOp1, CustomOp2, CustomOp3, Layout, Result, Shape, Storage, Tensor,
+};
 use gemm::Parallelism;
 use half::f16;
 use rayon::prelude::*;
 
+pub mod dense;
 pub mod q8;
 use q8::{BLOCK as Q8_0_BLOCK, BLOCK_BYTES as Q8_0_BYTES};
+
+/// Where the element-wise loops below are compiled more than once, the builds for these
+/// instruction sets, the first the CPU has chosen at run time: the release binary targets the
+/// architecture's baseline (SSE2 on x86-64, no FMA), where `exp` and `erf` run four lanes at a
+/// time. aarch64's baseline already has NEON with FMA.
+macro_rules! simd_versions {
+    ($item:item) => {
+        #[multiversion::multiversion(targets(
+            "x86_64+avx512f+avx512vl+avx2+fma",
+            "x86_64+avx2+fma",
+        ))]
+        $item
+    };
+}
 
 /// Query rows per attention block: a 64 × 1500 score block is 384 KB, inside a core's L2.
 const BLOCK_ROWS: usize = 64;
@@ -60,6 +79,41 @@ pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, causal: bool) -> Result<Ten
 /// Exact (erf) GELU: `x · ½ · (1 + erf(x / √2))`.
 pub fn gelu_erf(x: &Tensor) -> Result<Tensor> {
     x.apply_op1_no_bwd(&Gelu)
+}
+
+/// A contiguous f32 tensor's elements, borrowed while the guard lives.
+pub(crate) struct F32s<'a> {
+    storage: RwLockReadGuard<'a, Storage>,
+    range: std::ops::Range<usize>,
+}
+
+impl Deref for F32s<'_> {
+    type Target = [f32];
+
+    fn deref(&self) -> &[f32] {
+        match &*self.storage {
+            Storage::Cpu(CpuStorage::F32(data)) => &data[self.range.clone()],
+            _ => unreachable!("checked by contiguous_f32"),
+        }
+    }
+}
+
+/// The elements of `t`, which must be a contiguous f32 tensor on the CPU.
+pub(crate) fn contiguous_f32(t: &Tensor) -> Result<F32s<'_>> {
+    let (storage, layout) = t.storage_and_layout();
+    if !matches!(&*storage, Storage::Cpu(CpuStorage::F32(_))) {
+        candle_core::bail!("expected an f32 tensor on the CPU, got {:?}", t.dtype());
+    }
+    let Some((start, end)) = layout.contiguous_offsets() else {
+        candle_core::bail!(
+            "expected a contiguous tensor, got strides {:?}",
+            layout.stride()
+        );
+    };
+    Ok(F32s {
+        storage,
+        range: start..end,
+    })
 }
 
 /// `x · wᵀ` for f32 `x` (`(…, k)`) and an f16 matrix `w` (`(n, k)`): `(…, n)`.
@@ -311,6 +365,7 @@ impl CustomOp3 for Attention {
     }
 }
 
+simd_versions! {
 /// Attention of one query `q` over `scores.len()` keys and values, each given as rows and the
 /// row stride.
 fn attend_one(
@@ -332,6 +387,7 @@ fn attend_one(
             *o += p * x;
         }
     }
+}
 }
 
 /// `Σ aᵢ·bᵢ`.
@@ -360,6 +416,7 @@ fn dot_widened<T: Copy>(a: &[f32], b: &[T], widen: impl Fn(T) -> f32) -> f32 {
     lanes.iter().sum::<f32>() + tail
 }
 
+simd_versions! {
 /// `row ← softmax(row)`. Written as separate maps and lane-wise reductions: a float sum or max
 /// carried through one loop is a serial dependency the compiler may not reorder, so it would
 /// stay scalar.
@@ -372,6 +429,7 @@ fn softmax_in_place(row: &mut [f32]) {
     for x in row.iter_mut() {
         *x *= inv;
     }
+}
 }
 
 /// Folds `xs` with `f` in eight independent lanes, then folds the lanes.
@@ -403,17 +461,19 @@ impl CustomOp1 for Gelu {
         let Some((start, end)) = l.contiguous_offsets() else {
             candle_core::bail!("gelu: input must be contiguous");
         };
-        let src = &data[start..end];
-        let mut out = vec![0f32; src.len()];
-        out.par_chunks_mut(GELU_CHUNK)
-            .zip(src.par_chunks(GELU_CHUNK))
-            .for_each(|(o, s)| {
-                for (o, &x) in o.iter_mut().zip(s) {
-                    *o = 0.5 * x * (1.0 + erf(x * std::f32::consts::FRAC_1_SQRT_2));
-                }
-            });
+        let mut out = data[start..end].to_vec();
+        out.par_chunks_mut(GELU_CHUNK).for_each(gelu_in_place);
         Ok((CpuStorage::F32(out), l.shape().clone()))
     }
+}
+
+simd_versions! {
+/// `x ← x · ½ · (1 + erf(x / √2))` for every element.
+pub(crate) fn gelu_in_place(xs: &mut [f32]) {
+    for x in xs.iter_mut() {
+        *x = 0.5 * *x * (1.0 + erf(*x * std::f32::consts::FRAC_1_SQRT_2));
+    }
+}
 }
 
 struct ProjectHalf;

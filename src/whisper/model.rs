@@ -18,9 +18,10 @@
 use candle_core::quantized::{GgmlDType, QMatMul};
 use candle_core::{DType, Module, Result, Tensor, D};
 use candle_nn::kv_cache::KvCache;
-use candle_nn::{Conv1d, Conv1dConfig, LayerNorm};
+use candle_nn::LayerNorm;
 
 use crate::whisper::kernels;
+use crate::whisper::kernels::dense::{self, Then};
 use crate::whisper::weights::{tensor_bytes, Weights};
 
 /// Whisper's attention heads are always 64 wide (tiny 6×64 … large 20×64).
@@ -128,17 +129,32 @@ impl Weights {
         ))
     }
 
-    fn conv1d(&self, prefix: &str, stride: usize) -> Result<Conv1d> {
-        let cfg = Conv1dConfig {
-            padding: 1,
+    fn conv(&self, prefix: &str, stride: usize) -> Result<Conv> {
+        Ok(Conv {
+            weight: dense::taps_outermost(&self.get(&format!("{prefix}.weight"))?)?,
+            bias: self.get_f32(&format!("{prefix}.bias"))?,
             stride,
-            ..Default::default()
-        };
-        Ok(Conv1d::new(
-            self.get_f32(&format!("{prefix}.weight"))?,
-            Some(self.get_f32(&format!("{prefix}.bias"))?),
-            cfg,
-        ))
+        })
+    }
+}
+
+/// One of the encoder's convolutions (kernel 3, padding 1), run by [`dense::conv3_gelu`].
+struct Conv {
+    /// `(out, 3 · in)`, f32, taps outermost.
+    weight: Tensor,
+    bias: Tensor,
+    stride: usize,
+}
+
+impl Conv {
+    fn bytes(&self) -> usize {
+        tensor_bytes(&self.weight) + tensor_bytes(&self.bias)
+    }
+
+    /// `x`: time-major rows between two zero rows; GELU applied; `pad` keeps such zero rows
+    /// around the output.
+    fn forward_gelu(&self, x: &Tensor, pad: bool) -> Result<Tensor> {
+        dense::conv3_gelu(x, &self.weight, &self.bias, self.stride, pad)
     }
 }
 
@@ -192,31 +208,48 @@ fn layer_norm_bytes(ln: &LayerNorm) -> usize {
     tensor_bytes(ln.weight()) + ln.bias().map_or(0, tensor_bytes)
 }
 
-impl Module for Linear {
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+impl Linear {
+    /// `x Wᵀ + b`, then `then`. Products over f32 matrices — stored so, widened from f16, or
+    /// dequantized for many rows — are [`dense::linear`], with the bias and `then` folded in.
+    fn forward_then(&self, x: &Tensor, then: Then) -> Result<Tensor> {
+        let rows = x.elem_count() / x.dim(D::Minus1)?;
         let y = match &self.weight {
-            Matrix::Candle(QMatMul::QTensor(q)) => {
-                let rows = x.elem_count() / x.dim(D::Minus1)?;
-                // The integer tiles of `kernels::q8` are not yet faster than a widened f32
-                // product over the encoder's 1500 rows (JFK, tiny.en-q8_0: 1.9 s against
-                // 0.65 s here), so they serve the few-row products only.
-                if rows >= WIDEN_ROWS {
-                    let w = q.dequantize(x.device())?;
-                    x.broadcast_matmul(&w.t()?)?
-                } else if q.dtype() == GgmlDType::Q8_0 {
+            Matrix::Half(w) => kernels::project_half(&x.contiguous()?, w)?,
+            // The integer tiles of `kernels::q8` are not yet faster than a widened f32
+            // product over the encoder's 1500 rows (JFK, tiny.en-q8_0: 1.9 s against
+            // 0.65 s here), so they serve the few-row products only.
+            Matrix::Candle(QMatMul::QTensor(q)) if rows < WIDEN_ROWS => {
+                if q.dtype() == GgmlDType::Q8_0 {
                     kernels::project_q8_0(x, q)?
                 } else {
                     QMatMul::QTensor(q.clone()).forward(x)?
                 }
             }
-            Matrix::Candle(m) => m.forward(x)?,
-            Matrix::Half(w) => kernels::project_half(&x.contiguous()?, w)?,
-            Matrix::Widened(w) => QMatMul::Tensor(w.to_dtype(DType::F32)?).forward(x)?,
+            Matrix::Candle(QMatMul::QTensor(q)) => {
+                return dense::linear(x, &q.dequantize(x.device())?, self.bias.as_ref(), then)
+            }
+            Matrix::Candle(QMatMul::Tensor(w)) => {
+                return dense::linear(x, w, self.bias.as_ref(), then)
+            }
+            Matrix::Candle(QMatMul::TensorF16(w)) | Matrix::Widened(w) => {
+                return dense::linear(x, &dense::widen(w)?, self.bias.as_ref(), then)
+            }
         };
-        match &self.bias {
-            Some(b) => y.broadcast_add(b),
-            None => Ok(y),
+        let y = match &self.bias {
+            Some(b) => y.broadcast_add(b)?,
+            None => y,
+        };
+        match then {
+            Then::Nothing => Ok(y),
+            Then::Gelu => kernels::gelu_erf(&y),
+            Then::Add(r) => y + r,
         }
+    }
+}
+
+impl Module for Linear {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        self.forward_then(x, Then::Nothing)
     }
 }
 
@@ -291,8 +324,10 @@ impl Mlp {
         self.fc1.bytes() + self.fc2.bytes()
     }
 
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        self.fc2.forward(&kernels::gelu_erf(&self.fc1.forward(x)?)?)
+    /// `residual + fc2(gelu(fc1(x)))`.
+    fn forward_add(&self, x: &Tensor, residual: &Tensor) -> Result<Tensor> {
+        let h = self.fc1.forward_then(x, Then::Gelu)?;
+        self.fc2.forward_then(&h, Then::Add(residual))
     }
 }
 
@@ -305,8 +340,8 @@ struct EncoderLayer {
 
 /// Audio encoder: two convolutions, sinusoidal positions, transformer blocks.
 pub struct Encoder {
-    conv1: Conv1d,
-    conv2: Conv1d,
+    conv1: Conv,
+    conv2: Conv,
     positions: Tensor,
     layers: Vec<EncoderLayer>,
     ln_post: LayerNorm,
@@ -334,8 +369,8 @@ impl Encoder {
             })
             .collect::<Result<_>>()?;
         Ok(Self {
-            conv1: w.conv1d("model.encoder.conv1", 1)?,
-            conv2: w.conv1d("model.encoder.conv2", 2)?,
+            conv1: w.conv("model.encoder.conv1", 1)?,
+            conv2: w.conv("model.encoder.conv2", 2)?,
             positions: w.get_f32("model.encoder.embed_positions.weight")?,
             layers,
             ln_post: w.layer_norm("model.encoder.layer_norm")?,
@@ -361,9 +396,16 @@ impl Encoder {
             lap(stage, now - last);
             last = now;
         };
-        let x = kernels::gelu_erf(&self.conv1.forward(mel)?)?;
-        let x = kernels::gelu_erf(&self.conv2.forward(&x)?)?;
-        let x = x.transpose(1, 2)?;
+        let batch = mel.dim(0)?;
+        let mut convolved = Vec::with_capacity(batch);
+        for b in 0..batch {
+            // time-major, between two zero rows: the padding of both convolutions
+            let x = mel.get(b)?.t()?.pad_with_zeros(0, 1, 1)?.contiguous()?;
+            let x = self.conv1.forward_gelu(&x, true)?;
+            convolved.push(self.conv2.forward_gelu(&x, false)?);
+        }
+        let x = Tensor::stack(&convolved, 0)?;
+        drop(convolved);
         let n = x.dim(1)?;
         let mut x = x.broadcast_add(&self.positions.narrow(0, 0, n)?)?;
         done(EncoderStage::Convolutions);
@@ -375,11 +417,11 @@ impl Encoder {
             done(EncoderStage::Projections);
             let a = kernels::attention(&q, &k, &v, false)?;
             done(EncoderStage::Attention);
-            x = (&x + l.attn.out.forward(&a)?)?;
+            x = l.attn.out.forward_then(&a, Then::Add(&x))?;
             done(EncoderStage::Projections);
             let h = l.mlp_ln.forward(&x)?;
             done(EncoderStage::Norms);
-            x = (&x + l.mlp.forward(&h)?)?;
+            x = l.mlp.forward_add(&h, &x)?;
             done(EncoderStage::Mlp);
         }
         let x = self.ln_post.forward(&x)?;
@@ -567,7 +609,7 @@ impl Decoder {
                 .ok_or_else(|| candle_core::Error::Msg("decoder has no audio window".into()))?;
             let h = l.cross_ln.forward(&x)?;
             x = (&x + l.cross_attn.attend(&h, ak, av, false)?)?;
-            x = (&x + l.mlp.forward(&l.mlp_ln.forward(&x)?)?)?;
+            x = l.mlp.forward_add(&l.mlp_ln.forward(&x)?, &x)?;
         }
         self.offset += n;
         let at: Vec<u32> = at.iter().map(|&i| i as u32).collect();
@@ -619,9 +661,8 @@ impl Whisper {
     /// Bytes of weights the network holds (f32, f16 and quantized alike).
     pub fn bytes(&self) -> usize {
         let e = &self.encoder;
-        let conv = |c: &Conv1d| tensor_bytes(c.weight()) + c.bias().map_or(0, tensor_bytes);
-        let encoder = conv(&e.conv1)
-            + conv(&e.conv2)
+        let encoder = e.conv1.bytes()
+            + e.conv2.bytes()
             + tensor_bytes(&e.positions)
             + layer_norm_bytes(&e.ln_post)
             + e.layers
@@ -915,8 +956,9 @@ pub(crate) mod tests {
             fc2: lin(),
         };
         let x = Tensor::new(&[[[-1f32, 0.5, 2.0, -3.0]]], &Device::Cpu).unwrap();
+        // the residual is added after the MLP: zero here, x in the second check
         let y: Vec<f32> = mlp
-            .forward(&x)
+            .forward_add(&x, &x.zeros_like().unwrap())
             .unwrap()
             .flatten_all()
             .unwrap()
@@ -925,6 +967,16 @@ pub(crate) mod tests {
         let exact = [-0.158_655_25f32, 0.345_731_14, 1.954_499_7, -0.004_049_71];
         for (a, b) in y.iter().zip(exact) {
             assert!((a - b).abs() < 2e-6, "{a} vs {b}");
+        }
+        let y: Vec<f32> = mlp
+            .forward_add(&x, &x)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        for ((a, b), x) in y.iter().zip(exact).zip([-1f32, 0.5, 2.0, -3.0]) {
+            assert!((a - b - x).abs() < 2e-6, "{a} vs {b} + {x}");
         }
     }
 }
