@@ -1,4 +1,8 @@
-//! CPU kernels for the two places where candle's generic ops cost more than the arithmetic.
+//! CPU kernels for the places where candle's generic ops cost more than the arithmetic.
+//!
+//! **Products over many rows** ([`dense`]): the encoder's projections, MLP and convolutions, and
+//! the cross-attention keys and values, each one `gemm` call with its bias, residual and GELU
+//! folded in.
 //!
 //! **Attention.** Composed from candle ops, one encoder layer of tiny materialises a
 //! `heads × 1500 × 1500` score tensor (54 MB) three times — product, scaled copy, softmax — each a
