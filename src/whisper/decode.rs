@@ -17,11 +17,13 @@
 //!   after a high-temperature window so one bad window cannot poison the next.
 
 use std::io::Write;
+use std::time::Instant;
 
 use candle_core::{Device, IndexOp, Tensor};
 use rand::distr::{weighted::WeightedIndex, Distribution};
 use rand::SeedableRng;
 
+use crate::whisper::kernels;
 use crate::whisper::mel::{LogMel, HOP_LENGTH, N_FRAMES, SAMPLE_RATE};
 use crate::whisper::model::Whisper;
 use crate::whisper::tokenizer::WhisperTokenizer;
@@ -192,14 +194,6 @@ pub fn compression_ratio(text: &str) -> f32 {
     bytes.len() as f32 / compressed.max(1) as f32
 }
 
-/// `log_softmax` of a logits row.
-fn log_softmax(logits: &[f32]) -> Vec<f32> {
-    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    let sum: f32 = logits.iter().map(|&l| (l - max).exp()).sum();
-    let lse = max + sum.ln();
-    logits.iter().map(|&l| l - lse).collect()
-}
-
 /// The token-level rules applied to each step's logits.
 struct LogitFilter<'a> {
     /// Tokens never allowed.
@@ -258,20 +252,14 @@ impl LogitFilter<'_> {
             }
         }
         // If the timestamps together are likelier than any text token, take a timestamp.
-        let lp = log_softmax(logits);
-        let ts_max = lp[tb..].iter().copied().fold(f32::NEG_INFINITY, f32::max);
-        let ts_logprob = if ts_max == f32::NEG_INFINITY {
-            ts_max
-        } else {
-            ts_max
-                + lp[tb..]
-                    .iter()
-                    .map(|&v| (v - ts_max).exp())
-                    .sum::<f32>()
-                    .ln()
-        };
-        let text_max = lp[..tb].iter().copied().fold(f32::NEG_INFINITY, f32::max);
-        if ts_logprob > text_max {
+        // (Both sides as log-probabilities would subtract the same normaliser, so the logits
+        // compare the same way.)
+        let ts_mass = kernels::log_sum_exp(&logits[tb..]);
+        let text_max = logits[..tb]
+            .iter()
+            .copied()
+            .fold(f32::NEG_INFINITY, f32::max);
+        if ts_mass > text_max {
             logits[..tb].fill(ninf);
         }
     }
@@ -394,24 +382,27 @@ impl Transcriber {
         let both = decoder.forward(&input, &[sot_index, prompt.len() - 1])?;
         let no_speech_prob = {
             let row: Vec<f32> = both.i((0, 0))?.to_vec1()?;
-            log_softmax(&row)[s.no_speech as usize].exp()
+            (row[s.no_speech as usize] - kernels::log_sum_exp(&row)).exp()
         };
         let mut logits: Vec<f32> = both.i((0, 1))?.to_vec1()?;
         let mut tokens = Vec::new();
         let mut sum_logprob = 0f32;
         loop {
             filter.apply(&mut logits, &tokens);
-            let lp = log_softmax(&logits);
+            let lse = kernels::log_sum_exp(&logits);
             let next = if temperature == 0.0 {
                 argmax(&logits)
             } else {
-                let weights: Vec<f32> = lp.iter().map(|&l| (l / temperature).exp()).collect();
+                let weights: Vec<f32> = logits
+                    .iter()
+                    .map(|&l| ((l - lse) / temperature).exp())
+                    .collect();
                 match WeightedIndex::new(&weights) {
                     Ok(d) => d.sample(rng) as u32,
                     Err(_) => argmax(&logits),
                 }
             };
-            sum_logprob += lp[next as usize];
+            sum_logprob += logits[next as usize] - lse;
             if next == s.eot
                 || tokens.len() + 1 >= sample_len
                 || decoder.len() + 1 > decoder.capacity()
@@ -558,6 +549,7 @@ impl Transcriber {
                 seek += segment_size;
                 continue;
             }
+            let encoding = Instant::now();
             // The window encoded for detection is this one: both hold the recording's first
             // `segment_size` frames, at the same width.
             let audio = match first_window.take() {
@@ -572,6 +564,7 @@ impl Transcriber {
                 }
             };
             self.model.decoder.set_audio(&audio)?;
+            let decoding = Instant::now();
 
             let previous = &all_tokens[prompt_reset_since..];
             let mut prompt = Vec::with_capacity(max_prompt + sot_seq.len() + 1);
@@ -583,11 +576,16 @@ impl Transcriber {
 
             let r = self.decode_with_fallback(&prompt, opts, &mut rng)?;
             log::debug!(
-                "window at {time_offset:.2}s: temperature {}, avg logprob {:.3}, no-speech {:.3}, compression {:.2}",
+                "window at {time_offset:.2}s: temperature {}, avg logprob {:.3}, no-speech {:.3}, compression {:.2}; \
+                 encoder {:.0} ms, {} prompt + {} tokens in {:.0} ms",
                 r.temperature,
                 r.avg_logprob,
                 r.no_speech_prob,
-                r.compression_ratio
+                r.compression_ratio,
+                (decoding - encoding).as_secs_f64() * 1e3,
+                prompt.len(),
+                r.tokens.len() + 1,
+                decoding.elapsed().as_secs_f64() * 1e3,
             );
             let silent =
                 r.no_speech_prob > NO_SPEECH_THRESHOLD && r.avg_logprob <= LOGPROB_THRESHOLD;

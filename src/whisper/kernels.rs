@@ -33,7 +33,7 @@
 //! Activations are always f32 (weights may be f16 or quantized).
 
 use std::cell::RefCell;
-use std::ops::Deref;
+use std::ops::{Deref, Range};
 use std::sync::RwLockReadGuard;
 
 use candle_core::backend::BackendStorage;
@@ -147,8 +147,10 @@ pub fn project_q8_0(x: &Tensor, w: &QTensor) -> Result<Tensor> {
     let out = if path.is_vectorised() {
         path.matmul(&q8::Rows::quantize(&xs, k), &bytes, n)
     } else {
-        project_rows(&xs, k, n, |j, xr| {
-            dot_q8_0(xr, &bytes[j * row_bytes..(j + 1) * row_bytes])
+        project_rows(&xs, k, n, |cols, xr, out| {
+            for (o, j) in out.iter_mut().zip(cols) {
+                *o = dot_q8_0(xr, &bytes[j * row_bytes..(j + 1) * row_bytes]);
+            }
         })
     };
     let mut out_dims = dims;
@@ -158,12 +160,14 @@ pub fn project_q8_0(x: &Tensor, w: &QTensor) -> Result<Tensor> {
 
 /// `out[r][j] = dot(j, x[r])` for the `k`-wide rows of `x` and `n` matrix rows `j`, spread over
 /// the current rayon pool by matrix rows: a few tasks per thread for the vocabulary, one task
-/// for a matrix too small to be worth waking other threads for.
+/// for a matrix too small to be worth waking other threads for. `fill(cols, x_row, out)` writes
+/// the products of one activation row with the matrix rows `cols` into `out` (`cols.len()`
+/// long), so a kernel can stream several matrix rows against one load of the activations.
 fn project_rows(
     x: &[f32],
     k: usize,
     n: usize,
-    dot: impl Fn(usize, &[f32]) -> f32 + Sync,
+    fill: impl Fn(Range<usize>, &[f32], &mut [f32]) + Sync,
 ) -> Vec<f32> {
     let rows = x.len() / k;
     let mut out = vec![0f32; rows * n];
@@ -171,11 +175,14 @@ fn project_rows(
     let chunk = (n / (4 * rayon::current_num_threads())).clamp(PROJECT_MIN_CHUNK, 1024);
     (0..n.div_ceil(chunk)).into_par_iter().for_each(|c| {
         let dst = out_ptr;
-        for j in c * chunk..((c + 1) * chunk).min(n) {
-            for r in 0..rows {
-                // SAFETY: column j belongs to this task only; r·n + j < rows·n.
-                unsafe { *dst.0.add(r * n + j) = dot(j, &x[r * k..(r + 1) * k]) };
-            }
+        let cols = c * chunk..((c + 1) * chunk).min(n);
+        for r in 0..rows {
+            // SAFETY: columns `cols` of every row belong to this task only, and
+            // r·n + cols.end ≤ rows·n.
+            let out = unsafe {
+                std::slice::from_raw_parts_mut(dst.0.add(r * n + cols.start), cols.len())
+            };
+            fill(cols.clone(), &x[r * k..(r + 1) * k], out);
         }
     });
     out
@@ -436,6 +443,27 @@ fn softmax_in_place(row: &mut [f32]) {
 }
 }
 
+simd_versions! {
+/// `ln Σ eˣ` over `xs`, computed as `max + ln Σ eˣ⁻ᵐᵃˣ` so that nothing overflows; `−∞` when
+/// every element is `−∞` (or `xs` is empty). A decoded token needs this over the whole
+/// vocabulary for its log-probability, so it runs on the vectorised [`exp`].
+pub fn log_sum_exp(xs: &[f32]) -> f32 {
+    let max = reduce_lanes(xs, f32::NEG_INFINITY, |a, x| if x > a { x } else { a });
+    if max == f32::NEG_INFINITY {
+        return max;
+    }
+    let mut lanes = [0f32; 8];
+    let chunks = xs.chunks_exact(8);
+    let tail: f32 = chunks.remainder().iter().map(|&x| exp(x - max)).sum();
+    for c in chunks {
+        for (l, &x) in lanes.iter_mut().zip(c) {
+            *l += exp(x - max);
+        }
+    }
+    max + (lanes.iter().sum::<f32>() + tail).ln()
+}
+}
+
 /// Folds `xs` with `f` in eight independent lanes, then folds the lanes.
 #[inline(always)]
 fn reduce_lanes(xs: &[f32], init: f32, f: impl Fn(f32, f32) -> f32) -> f32 {
@@ -511,37 +539,134 @@ impl CustomOp2 for ProjectHalf {
         if x_dims.last() != Some(&k) {
             candle_core::bail!("project: {x_dims:?} × {:?}ᵀ", l2.dims());
         }
-        let dot = dot_f16_kernel();
-        let out = project_rows(x, k, n, |j, xr| dot(xr, &w[j * k..(j + 1) * k]));
+        let rows_kernel = rows_f16_kernel();
+        let out = project_rows(x, k, n, |cols, xr, out| {
+            rows_kernel(xr, &w[cols.start * k..cols.end * k], out)
+        });
         let mut dims = x_dims.to_vec();
         *dims.last_mut().expect("rank ≥ 1") = n;
         Ok((CpuStorage::F32(out), Shape::from(dims)))
     }
 }
 
-/// `Σ xᵢ·wᵢ` with f16 `w`, accumulated in f32.
-type DotF16 = fn(&[f32], &[f16]) -> f32;
+/// `out[j] = Σᵢ xᵢ·w[j·k + i]` for the `out.len()` rows of the f16 matrix `w` (`k = x.len()`
+/// columns), accumulated in f32.
+type RowsF16 = fn(&[f32], &[f16], &mut [f32]);
 
-/// The fastest dot product this CPU supports.
-fn dot_f16_kernel() -> DotF16 {
+/// The fastest kernel this CPU supports. On x86-64 each pass streams four matrix rows against
+/// one load of the activations and reduces each row's lanes once at its end; the vocabulary
+/// projection is one such call per decoded token over 20–40 M weights.
+fn rows_f16_kernel() -> RowsF16 {
     #[cfg(target_arch = "x86_64")]
-    if is_x86_feature_detected!("avx")
-        && is_x86_feature_detected!("f16c")
-        && is_x86_feature_detected!("fma")
     {
-        // SAFETY: the features the function is compiled for were just detected.
-        return |x, w| unsafe { dot_f16_x86(x, w) };
+        if is_x86_feature_detected!("avx512f") {
+            // SAFETY: the feature the function is compiled for was just detected.
+            return |x, w, out| unsafe { rows_f16_avx512(x, w, out) };
+        }
+        if is_x86_feature_detected!("avx")
+            && is_x86_feature_detected!("f16c")
+            && is_x86_feature_detected!("fma")
+        {
+            // SAFETY: as above.
+            return |x, w, out| unsafe { rows_f16_avx2(x, w, out) };
+        }
     }
     #[cfg(target_arch = "aarch64")]
     {
-        return dot_f16_neon;
+        return |x, w, out| rows_with(x, w, out, dot_f16_neon);
     }
     #[allow(unreachable_code)]
-    dot_f16_portable
+    |x, w, out| rows_with(x, w, out, dot_f16_portable)
+}
+
+/// [`RowsF16`] one row at a time with `dot`.
+#[inline(always)]
+fn rows_with(x: &[f32], w: &[f16], out: &mut [f32], dot: impl Fn(&[f32], &[f16]) -> f32) {
+    for (o, row) in out.iter_mut().zip(w.chunks_exact(x.len())) {
+        *o = dot(x, row);
+    }
 }
 
 fn dot_f16_portable(x: &[f32], w: &[f16]) -> f32 {
     dot_widened(x, w, f16::to_f32)
+}
+
+/// The columns past the last full vector of a row: none for Whisper's widths (multiples of 64).
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+fn tail_dot(x: &[f32], w: &[f16]) -> f32 {
+    x.iter().zip(w).map(|(&a, &b)| a * b.to_f32()).sum()
+}
+
+/// Four rows per pass in sixteen lanes (`vcvtph2ps` widens sixteen halves at once).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn rows_f16_avx512(x: &[f32], w: &[f16], out: &mut [f32]) {
+    use std::arch::x86_64::*;
+    let k = x.len();
+    let body = k - k % 16;
+    let (xp, wp) = (x.as_ptr(), w.as_ptr());
+    for (b, o) in out.chunks_exact_mut(4).enumerate() {
+        let row = |r: usize| wp.wrapping_add((4 * b + r) * k);
+        let mut acc = [_mm512_setzero_ps(); 4];
+        let mut i = 0;
+        while i < body {
+            // SAFETY: i + 16 ≤ k elements of x and of each of the block's four rows, which
+            // `w` holds (out.len() rows of k).
+            unsafe {
+                let xv = _mm512_loadu_ps(xp.add(i));
+                for (r, a) in acc.iter_mut().enumerate() {
+                    let h = _mm256_loadu_si256(row(r).add(i) as *const __m256i);
+                    *a = _mm512_fmadd_ps(xv, _mm512_cvtph_ps(h), *a);
+                }
+            }
+            i += 16;
+        }
+        for (r, (o, a)) in o.iter_mut().zip(acc).enumerate() {
+            let start = (4 * b + r) * k + body;
+            *o = _mm512_reduce_add_ps(a) + tail_dot(&x[body..], &w[start..start + k - body]);
+        }
+    }
+    let done = out.len() - out.len() % 4;
+    rows_with(x, &w[done * k..], &mut out[done..], dot_f16_portable);
+}
+
+/// Four rows per pass in eight lanes, with F16C widening.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx,f16c,fma")]
+unsafe fn rows_f16_avx2(x: &[f32], w: &[f16], out: &mut [f32]) {
+    use std::arch::x86_64::*;
+    let k = x.len();
+    let body = k - k % 8;
+    let (xp, wp) = (x.as_ptr(), w.as_ptr());
+    for (b, o) in out.chunks_exact_mut(4).enumerate() {
+        let row = |r: usize| wp.wrapping_add((4 * b + r) * k);
+        let mut acc = [_mm256_setzero_ps(); 4];
+        let mut i = 0;
+        while i < body {
+            // SAFETY: i + 8 ≤ k elements of x and of each of the block's four rows.
+            unsafe {
+                let xv = _mm256_loadu_ps(xp.add(i));
+                for (r, a) in acc.iter_mut().enumerate() {
+                    let h = _mm_loadu_si128(row(r).add(i) as *const __m128i);
+                    *a = _mm256_fmadd_ps(xv, _mm256_cvtph_ps(h), *a);
+                }
+            }
+            i += 8;
+        }
+        for (r, (o, a)) in o.iter_mut().zip(acc).enumerate() {
+            let mut lanes = [0f32; 8];
+            // SAFETY: `lanes` holds 8 floats.
+            unsafe { _mm256_storeu_ps(lanes.as_mut_ptr(), a) };
+            let start = (4 * b + r) * k + body;
+            *o = lanes.iter().sum::<f32>() + tail_dot(&x[body..], &w[start..start + k - body]);
+        }
+    }
+    let done = out.len() - out.len() % 4;
+    // SAFETY: the features this function is compiled for are those of `dot_f16_x86`.
+    rows_with(x, &w[done * k..], &mut out[done..], |x, w| unsafe {
+        dot_f16_x86(x, w)
+    });
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -674,6 +799,27 @@ pub(crate) mod tests {
         assert_eq!(erf(0.0), 0.0);
     }
 
+    #[test]
+    fn log_sum_exp_matches_f64_and_skips_suppressed_entries() {
+        // A vocabulary-sized row with a SIMD tail, large logits, and suppressed (−∞) tokens.
+        let mut xs: Vec<f32> = (0..51_867)
+            .map(|i| ((i * 7919) % 1000) as f32 * 0.03 + 60.0)
+            .collect();
+        for x in xs.iter_mut().step_by(3) {
+            *x = f32::NEG_INFINITY;
+        }
+        let max = xs
+            .iter()
+            .copied()
+            .fold(f64::NEG_INFINITY, |a, x| a.max(x as f64));
+        let want = max + xs.iter().map(|&x| (x as f64 - max).exp()).sum::<f64>().ln();
+        let got = log_sum_exp(&xs) as f64;
+        assert!((got - want).abs() < 1e-4, "{got} vs {want}");
+        assert_eq!(log_sum_exp(&[2.5]), 2.5);
+        assert_eq!(log_sum_exp(&[f32::NEG_INFINITY; 9]), f32::NEG_INFINITY);
+        assert_eq!(log_sum_exp(&[]), f32::NEG_INFINITY);
+    }
+
     /// Attention as candle ops: `softmax(q kᵀ / √d + mask) v`, heads merged.
     fn reference(q: &Tensor, k: &Tensor, v: &Tensor, causal: bool) -> Tensor {
         let (b, h, n, d) = q.dims4().unwrap();
@@ -759,12 +905,13 @@ pub(crate) mod tests {
     #[test]
     fn half_projection_equals_the_widened_product() {
         let dev = Device::Cpu;
-        // 1100 rows: two full tasks and a partial one; 389 columns: a SIMD tail.
-        let w = Tensor::randn(0f32, 1.0, (1100, 389), &dev).unwrap();
+        // 1103 rows: two full tasks and a partial one ending in a partial block of rows;
+        // 389 columns: a SIMD tail.
+        let w = Tensor::randn(0f32, 1.0, (1103, 389), &dev).unwrap();
         let w16 = w.to_dtype(candle_core::DType::F16).unwrap();
         let x = Tensor::randn(0f32, 1.0, (1, 3, 389), &dev).unwrap();
         let got = project_half(&x, &w16).unwrap();
-        assert_eq!(got.dims(), &[1, 3, 1100]);
+        assert_eq!(got.dims(), &[1, 3, 1103]);
         let wide = w16.to_dtype(candle_core::DType::F32).unwrap();
         let want = x.broadcast_matmul(&wide.t().unwrap()).unwrap();
         assert!(max_diff(&got, &want) < 1e-4);
@@ -782,6 +929,56 @@ pub(crate) mod tests {
             .to_scalar()
             .unwrap();
         assert!((portable - first).abs() < 1e-4);
+    }
+
+    #[test]
+    fn every_f16_row_kernel_this_cpu_runs_matches_f64() {
+        // 7 rows: a block of four and three left over; 389 columns: full lanes and a tail.
+        let (rows, k) = (7, 389);
+        let x: Vec<f32> = (0..k)
+            .map(|i| ((i * 37) % 101) as f32 / 50.0 - 1.0)
+            .collect();
+        let w: Vec<f16> = (0..rows * k)
+            .map(|i| f16::from_f32(((i * 53) % 97) as f32 / 48.0 - 1.0))
+            .collect();
+        let want: Vec<f64> = w
+            .chunks_exact(k)
+            .map(|row| {
+                row.iter()
+                    .zip(&x)
+                    .map(|(a, &b)| a.to_f64() * b as f64)
+                    .sum()
+            })
+            .collect();
+        #[cfg_attr(not(target_arch = "x86_64"), allow(unused_mut))]
+        let mut kernels: Vec<(&str, RowsF16)> = vec![
+            ("chosen", rows_f16_kernel()),
+            ("portable", |x, w, out| {
+                rows_with(x, w, out, dot_f16_portable)
+            }),
+        ];
+        #[cfg(target_arch = "x86_64")]
+        {
+            if is_x86_feature_detected!("avx512f") {
+                kernels.push(("avx512", |x, w, out| unsafe { rows_f16_avx512(x, w, out) }));
+            }
+            if is_x86_feature_detected!("avx")
+                && is_x86_feature_detected!("f16c")
+                && is_x86_feature_detected!("fma")
+            {
+                kernels.push(("avx2", |x, w, out| unsafe { rows_f16_avx2(x, w, out) }));
+            }
+        }
+        for (name, kernel) in kernels {
+            let mut out = vec![f32::NAN; rows];
+            kernel(&x, &w, &mut out);
+            for (j, (&got, &want)) in out.iter().zip(&want).enumerate() {
+                assert!(
+                    (got as f64 - want).abs() < 1e-4,
+                    "{name} row {j}: {got} vs {want}"
+                );
+            }
+        }
     }
 
     #[test]

@@ -28,8 +28,10 @@ use crate::whisper::weights::{tensor_bytes, Weights};
 const HEAD_DIM: usize = 64;
 /// LayerNorm epsilon used by every Whisper checkpoint.
 const LN_EPS: f64 = 1e-5;
-/// From this many activation rows on, a quantized matrix is widened to f32 for the product
-/// (see [`kernels`]): the encoder's 1500 rows, a prompt, the cross-attention keys and values.
+/// From this many activation rows on, an f16 or quantized matrix is widened to f32 for the
+/// product (see [`kernels`]): the encoder's 1500 rows, a prompt (up to 224 tokens of previous
+/// text), the cross-attention keys and values. Below it — a decoded token — the per-row
+/// kernels stream the matrix once in its own format.
 const WIDEN_ROWS: usize = 8;
 
 /// Network dimensions (openai `ModelDimensions`), inferred from weight shapes.
@@ -176,9 +178,10 @@ fn half_if_exact(t: &Tensor) -> Result<Option<Tensor>> {
 enum Matrix {
     /// f32 or GGUF-quantized, multiplied by candle.
     Candle(QMatMul),
-    /// f16, multiplied by [`kernels::project_half`] (few rows: a decoded token, a prompt).
+    /// f16 and used once per decoded token: multiplied by [`kernels::project_half`] for fewer
+    /// than [`WIDEN_ROWS`] rows, widened like [`Matrix::Widened`] for a prompt.
     Half(Tensor),
-    /// f16, widened to f32 for each product and multiplied by candle: for products over
+    /// f16, widened to f32 for each product ([`dense::linear`]): for products over
     /// many rows widening one matrix costs little next to the product, and keeping only the f16
     /// copy saves half of the encoder's weights. The values are those of an f32 copy, so the
     /// results are too.
@@ -214,7 +217,7 @@ impl Linear {
     fn forward_then(&self, x: &Tensor, then: Then) -> Result<Tensor> {
         let rows = x.elem_count() / x.dim(D::Minus1)?;
         let y = match &self.weight {
-            Matrix::Half(w) => kernels::project_half(&x.contiguous()?, w)?,
+            Matrix::Half(w) if rows < WIDEN_ROWS => kernels::project_half(&x.contiguous()?, w)?,
             // The integer tiles of `kernels::q8` are not yet faster than a widened f32
             // product over the encoder's 1500 rows (JFK, tiny.en-q8_0: 1.9 s against
             // 0.65 s here), so they serve the few-row products only.
@@ -231,7 +234,7 @@ impl Linear {
             Matrix::Candle(QMatMul::Tensor(w)) => {
                 return dense::linear(x, w, self.bias.as_ref(), then)
             }
-            Matrix::Candle(QMatMul::TensorF16(w)) | Matrix::Widened(w) => {
+            Matrix::Half(w) | Matrix::Candle(QMatMul::TensorF16(w)) | Matrix::Widened(w) => {
                 return dense::linear(x, &dense::widen(w)?, self.bias.as_ref(), then)
             }
         };
