@@ -52,11 +52,14 @@ pub fn linear(x: &Tensor, w: &Tensor, bias: Option<&Tensor>, then: Then) -> Resu
         Then::Add(r) => Some(r),
         _ => None,
     };
+    // A strided view (a transposed or narrowed tensor) is copied once; a contiguous one is
+    // read in place.
+    let (x, add) = (x.contiguous()?, add.map(Tensor::contiguous).transpose()?);
     let out = {
-        let x = contiguous_f32(x)?;
+        let x = contiguous_f32(&x)?;
         let w = contiguous_f32(w)?;
         let bias = bias.map(contiguous_f32).transpose()?;
-        let add = add.map(contiguous_f32).transpose()?;
+        let add = add.as_ref().map(contiguous_f32).transpose()?;
         let mut out = start(rows, n, bias.as_deref(), add.as_deref());
         product(
             rows,
@@ -105,11 +108,7 @@ pub fn conv3_gelu(
         let w = contiguous_f32(w)?;
         let bias = contiguous_f32(bias)?;
         let body = &mut out[pad_rows * n..(pad_rows + positions) * n];
-        body.par_chunks_mut(ROWS_PER_TASK * n).for_each(|chunk| {
-            chunk
-                .chunks_exact_mut(n)
-                .for_each(|r| r.copy_from_slice(&bias))
-        });
+        fill_start(body, n, Some(&bias), None);
         let lhs = Lhs {
             data: &x,
             row_stride: stride * c,
@@ -160,8 +159,15 @@ struct Lhs<'a> {
 /// The output buffer before the product: each row the bias plus the row of `add`, or zeros.
 fn start(rows: usize, n: usize, bias: Option<&[f32]>, add: Option<&[f32]>) -> Vec<f32> {
     let mut out = vec![0f32; rows * n];
+    fill_start(&mut out, n, bias, add);
+    out
+}
+
+/// Sets each `n`-wide row of `out` to the bias plus the same row of `add`; leaves it as it is
+/// when there is neither.
+fn fill_start(out: &mut [f32], n: usize, bias: Option<&[f32]>, add: Option<&[f32]>) {
     if bias.is_none() && add.is_none() {
-        return out;
+        return;
     }
     out.par_chunks_mut(ROWS_PER_TASK * n)
         .enumerate()
@@ -181,7 +187,6 @@ fn start(rows: usize, n: usize, bias: Option<&[f32]>, add: Option<&[f32]>) -> Ve
                 }
             }
         });
-    out
 }
 
 /// `dst (+)= lhs · wᵀ` over `m` rows, `w` `(n, k)` row-major; `accumulate` keeps what `dst`
@@ -273,6 +278,21 @@ mod tests {
         // one thread takes the single-threaded product
         let got = linear(&x, &w, Some(&b), Then::Nothing).unwrap();
         assert!(max_diff(&got, &biased) < 1e-4);
+    }
+
+    #[test]
+    fn linear_reads_strided_inputs_like_contiguous_ones() {
+        let (xt, w, r) = (
+            random(&[96, 150], 1),
+            random(&[200, 96], 2),
+            random(&[200, 150], 3),
+        );
+        // transposed views: neither is contiguous
+        let (x, r) = (xt.t().unwrap(), r.t().unwrap());
+        assert!(!x.is_contiguous() && !r.is_contiguous());
+        let got = linear(&x, &w, None, Then::Add(&r)).unwrap();
+        let want = (x.matmul(&w.t().unwrap()).unwrap() + &r).unwrap();
+        assert!(max_diff(&got, &want) < 1e-4);
     }
 
     #[test]
