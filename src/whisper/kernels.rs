@@ -589,15 +589,11 @@ fn rows_with(x: &[f32], w: &[f16], out: &mut [f32], dot: impl Fn(&[f32], &[f16])
     }
 }
 
+/// Also the columns past a row's last full vector in the x86-64 kernels (none for Whisper's
+/// widths, multiples of 64), so it is inlined there.
+#[inline(always)]
 fn dot_f16_portable(x: &[f32], w: &[f16]) -> f32 {
     dot_widened(x, w, f16::to_f32)
-}
-
-/// The columns past the last full vector of a row: none for Whisper's widths (multiples of 64).
-#[cfg(target_arch = "x86_64")]
-#[inline(always)]
-fn tail_dot(x: &[f32], w: &[f16]) -> f32 {
-    x.iter().zip(w).map(|(&a, &b)| a * b.to_f32()).sum()
 }
 
 /// Four rows per pass in sixteen lanes (`vcvtph2ps` widens sixteen halves at once).
@@ -626,7 +622,8 @@ unsafe fn rows_f16_avx512(x: &[f32], w: &[f16], out: &mut [f32]) {
         }
         for (r, (o, a)) in o.iter_mut().zip(acc).enumerate() {
             let start = (4 * b + r) * k + body;
-            *o = _mm512_reduce_add_ps(a) + tail_dot(&x[body..], &w[start..start + k - body]);
+            *o =
+                _mm512_reduce_add_ps(a) + dot_f16_portable(&x[body..], &w[start..start + k - body]);
         }
     }
     let done = out.len() - out.len() % 4;
@@ -661,7 +658,8 @@ unsafe fn rows_f16_avx2(x: &[f32], w: &[f16], out: &mut [f32]) {
             // SAFETY: `lanes` holds 8 floats.
             unsafe { _mm256_storeu_ps(lanes.as_mut_ptr(), a) };
             let start = (4 * b + r) * k + body;
-            *o = lanes.iter().sum::<f32>() + tail_dot(&x[body..], &w[start..start + k - body]);
+            *o = lanes.iter().sum::<f32>()
+                + dot_f16_portable(&x[body..], &w[start..start + k - body]);
         }
     }
     let done = out.len() - out.len() % 4;
